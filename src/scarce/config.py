@@ -1,0 +1,133 @@
+"""Run configuration: pydantic models for every section, read from TOML with dotted command-line overrides.
+
+A run is fully described by its resolved config (saved in its run directory) plus the code version.
+Unknown keys and bad values are errors that name the key; nothing is written before a config validates.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scarce.errors import ScarceError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    corpus: str = "kjv"  # a catalog name (`scarce data list`) or a path to the user's files
+    tokenizer: Literal["bpe", "gpt2"] = "bpe"
+    vocab_size: int = Field(8192, ge=258)  # for "bpe"; "gpt2" has its own
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    split_seed: int = 0  # which documents are held out, and the order budgets are cut from
+    unique_tokens: int | None = Field(None, ge=2)  # D; None: the whole training split
+    eval_tokens: int | None = Field(65536, ge=1)  # validation tokens per evaluation; None: all
+
+
+class ModelConfig(Section):
+    size: str = "micro"  # a name from the ladder in scarce.model.SIZES; the fields below override it
+    seq_len: int = Field(256, ge=1)
+    n_layers: int | None = Field(None, ge=1)
+    d_model: int | None = Field(None, ge=2)
+    n_heads: int | None = Field(None, ge=1)
+    ffn_hidden: int | None = Field(None, ge=1)
+    qk_norm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class OptimConfig(Section):
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)  # decoupled: p ← p·(1 − lr·weight_decay), as torch's AdamW
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_fraction: float = Field(0.01, ge=0, lt=1)
+    decay_fraction: float = Field(0.1, gt=0, le=1)  # wsd: linear decay over this final fraction
+    final_lr_fraction: float = Field(0.0, ge=0, le=1)  # floor of cosine / end of wsd, as a fraction of lr
+    decay_embeddings: bool = False
+    decay_norms: bool = False
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)  # sequences per optimizer step, across all processes
+    grad_accum: int = Field(1, ge=1)  # micro-batches per step on each process
+    seed: int = 0  # model init and dropout
+    data_seed: int = 0  # epoch permutations
+    eval_every: int = Field(0, ge=0)  # steps; 0: only at the end
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0: only at the end
+    keep_checkpoints: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.train.batch_size % self.train.grad_accum:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be divisible by train.grad_accum={self.train.grad_accum}"
+            )
+        return self
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`optim.weight_decay=0.8` → (["optim", "weight_decay"], 0.8). Values are read as TOML, else as strings."""
+    if "=" not in item:
+        raise ScarceError(f"override {item!r} must look like section.key=value, e.g. optim.weight_decay=0.8")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def resolve_config(base: dict, overrides: list[str] = ()) -> RunConfig:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ScarceError(f"override {item!r}: {key!r} is a value, not a section")
+        node[keys[-1]] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ScarceError("invalid config:\n" + format_validation_error(e)) from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        given = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {key}: {err['msg']}{given}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:
+    base: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ScarceError(f"config file {path} does not exist")
+        try:
+            base = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ScarceError(f"config file {path} is not valid TOML: {e}") from None
+    return resolve_config(base, overrides)

@@ -1,0 +1,94 @@
+"""Epochs over a fixed budget of unique tokens, addressable by step so resume is exact.
+
+The budget is cut into sequences of seq_len + 1 tokens (consecutive sequences share one boundary token,
+so every token is an input and every token but the first is a target). Each epoch visits every sequence
+exactly once, in a permutation seeded by (data seed, epoch). Epochs are laid end to end as one stream
+of sequence indices and batches are consecutive slices of it, so E epochs are exactly E passes and a
+batch may straddle an epoch boundary; only the very last batch can be short.
+
+The loader's whole state is the next step: any batch can be rebuilt from (seed, step) alone.
+"""
+
+import numpy as np
+import torch
+
+from scarce.errors import ScarceError
+
+
+class EpochLoader:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        epochs: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if epochs < 1:
+            raise ScarceError(f"train.epochs must be at least 1, got {epochs}")
+        if len(tokens) < seq_len + 1:
+            raise ScarceError(
+                f"model.seq_len={seq_len} needs at least {seq_len + 1} tokens per sequence, but the training "
+                f"budget has only {len(tokens)} unique tokens: lower model.seq_len or raise data.unique_tokens"
+            )
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.epochs, self.seed, self.rank, self.world_size = epochs, seed, rank, world_size
+        self.n_sequences = (len(tokens) - 1) // seq_len
+        self.total_sequences = self.n_sequences * epochs
+        self.steps = -(-self.total_sequences // batch_size)
+        self._permutations: dict[int, np.ndarray] = {}
+        self.step = 0
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            self._permutations = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n_sequences)}
+        return self._permutations[epoch]
+
+    def sequence_indices(self, step: int) -> np.ndarray:
+        """Indices (into the budget's sequences) of the whole global batch at `step`."""
+        start = step * self.batch_size
+        stop = min(start + self.batch_size, self.total_sequences)
+        parts = []
+        while start < stop:
+            epoch, offset = divmod(start, self.n_sequences)
+            take = min(stop - start, self.n_sequences - offset)
+            parts.append(self._permutation(epoch)[offset : offset + take])
+            start += take
+        return np.concatenate(parts)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, int]:
+        """This rank's share of the batch at `step` as int64 (rows, seq_len + 1), and the global row count."""
+        indices = self.sequence_indices(step)
+        mine = np.sort(indices[self.rank :: self.world_size])  # sorted: sequential reads from the memmap
+        starts = mine * self.seq_len
+        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]) if len(mine) else None
+        shape = (0, self.seq_len + 1)
+        batch = torch.from_numpy(rows.astype(np.int64)) if rows is not None else torch.empty(shape, dtype=torch.int64)
+        return batch, len(indices)
+
+    def __iter__(self):
+        while self.step < self.steps:
+            batch, global_rows = self.batch(self.step)
+            self.step += 1
+            yield batch, global_rows
+
+    def epochs_completed(self, steps_done: int) -> float:
+        return min(steps_done * self.batch_size, self.total_sequences) / self.n_sequences
+
+    def tokens_seen(self, steps_done: int) -> int:
+        return min(steps_done * self.batch_size, self.total_sequences) * self.seq_len
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "n_sequences": self.n_sequences, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "n_sequences", "epochs"):
+            if state[key] != mine[key]:
+                raise ScarceError(
+                    f"checkpoint's data loader has {key}={state[key]} but this run has {key}={mine[key]}: "
+                    "the config changed since the checkpoint was written"
+                )
+        self.step = state["step"]

@@ -1,0 +1,42 @@
+"""AdamW with decoupled weight decay on the right parameters, and the learning-rate schedules."""
+
+import math
+
+import torch
+
+from scarce.config import OptimConfig
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """Matrices decay by default; embeddings and norm gains only when asked (the MIR and Kim et al. recipes).
+
+    torch's AdamW applies p ← p·(1 − lr·weight_decay) with the *current* lr, i.e. decay follows the schedule.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        is_embedding = name.startswith("embed.")
+        is_norm = p.dim() == 1
+        wants_decay = (cfg.decay_embeddings if is_embedding else True) and (cfg.decay_norms if is_norm else True)
+        (decay if wants_decay else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`."""
+    warmup = round(cfg.warmup_fraction * total_steps)
+    floor = cfg.final_lr_fraction * cfg.lr
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup - 1)
+        return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    # wsd: warmup, constant, then linear decay to the floor over the final decay_fraction of steps
+    decay_steps = max(1, round(cfg.decay_fraction * total_steps))
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return cfg.lr
+    progress = (step - decay_start + 1) / decay_steps
+    return cfg.lr + (floor - cfg.lr) * progress
