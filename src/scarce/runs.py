@@ -1,0 +1,499 @@
+"""Run directories and the SQLite index of all runs under a runs directory.
+
+A run is a directory `<runs_dir>/<run_id>/` holding `config.json` (the resolved config), `metrics.jsonl`
+(one JSON record per line), `summary.json` (written by the trainer) and `checkpoints/`. The run
+directories are the truth; `<runs_dir>/index.sqlite` is a cache of their summaries and configs that
+`reindex()` can always rebuild. This module must stay torch-free: the scaling-law code reads its tables.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from scarce.atomic import write_bytes_atomic
+from scarce.errors import ScarceError
+
+INDEX_FILE = "index.sqlite"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+# The trainer's summary.json keys, in the order tables and CSVs show them.
+SUMMARY_KEYS = (
+    "run_id", "name", "status", "created_at", "finished_at", "code_version", "device",
+    "params", "non_embedding_params", "flops_per_token", "flops", "unique_tokens", "epochs",
+    "epochs_completed", "tokens_seen", "steps", "final_val_loss", "best_val_loss", "final_val_bpb",
+    "wall_seconds",
+)
+STATUSES = ("running", "completed", "diverged", "failed")
+
+# Bump when the table's columns change: an index with another version is rebuilt from the run dirs.
+_SCHEMA_VERSION = 1
+_TEXT_KEYS = {"run_id", "name", "status", "created_at", "finished_at", "code_version", "device"}
+# FLOP counts pass 2**63 at research scale, so every non-text column is REAL (exact up to 2**53).
+_COLUMNS = [f"{k} {'TEXT' if k in _TEXT_KEYS else 'REAL'}" for k in SUMMARY_KEYS if k != "run_id"]
+_CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, "
+    + ", ".join(_COLUMNS)
+    + ", summary_json TEXT NOT NULL, config_json TEXT NOT NULL, path TEXT NOT NULL)"
+)
+_INSERT = (
+    f"INSERT OR REPLACE INTO runs ({', '.join(SUMMARY_KEYS)}, summary_json, config_json, path) "
+    f"VALUES ({', '.join('?' * (len(SUMMARY_KEYS) + 3))})"
+)
+_BUSY_TIMEOUT_SECONDS = 30.0
+
+DEFAULT_TABLE_COLUMNS = (
+    "run_id", "status", "model.size", "params", "unique_tokens", "epochs", "optim.weight_decay",
+    "best_val_loss", "final_val_loss", "wall_seconds",
+)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def new_run_id(name: str) -> str:
+    """`<name>-<YYYYmmdd-HHMMSS UTC>-<6 hex>`: unique, sorts by time within a name, safe as a dir name."""
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{safe_name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _json_bytes(obj: Any, what: str) -> bytes:
+    def default(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    try:
+        return (json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n").encode()
+    except (TypeError, ValueError) as e:
+        raise ScarceError(f"cannot write {what}: {e}") from e
+
+
+def create_run_dir(runs_dir: Path, name: str, config: dict) -> Path:
+    """Make `runs_dir/<run_id>/` with config.json and an empty checkpoints/, all at once.
+
+    The directory is built under a hidden temporary name and renamed into place, so other processes
+    (and reindex) never see a run without its config.
+    """
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    config_bytes = _json_bytes(config, f"{CONFIG_FILE} for run {name!r}")
+    tmp = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".new-run-", suffix=".tmp"))
+    try:
+        write_bytes_atomic(tmp / CONFIG_FILE, config_bytes)
+        (tmp / CHECKPOINTS_DIR).mkdir()
+        for _ in range(10):
+            run_dir = runs_dir / new_run_id(name)
+            try:
+                # rename refuses a non-empty target, so two processes can never claim one id.
+                os.rename(tmp, run_dir)
+                return run_dir
+            except OSError:
+                if not run_dir.exists():
+                    raise
+        raise ScarceError(f"could not find a free run id for {name!r} in {runs_dir}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    """Append one JSON line to metrics.jsonl and flush it, so a crash loses at most this line."""
+    line = json.dumps(record, default=str) + "\n"
+    with open(Path(run_dir) / METRICS_FILE, "a+b") as f:
+        # A process killed mid-write leaves a line without its newline; start on a fresh line so
+        # the torn line stays the only bad one instead of swallowing this record too.
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
+        f.flush()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All records in metrics.jsonl (empty if none), skipping lines torn by a killed process."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A kill tears the last line; a resumed run then appends after it (append_metrics starts
+            # a fresh line), so a torn line can also sit mid-file. Say so unless it is simply the last.
+            if number != len(lines):
+                warnings.warn(f"{path}, line {number}: skipped a line that is not valid JSON", stacklevel=2)
+    return records
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """Write summary.json atomically: readers see the old summary or the new one, never half."""
+    write_bytes_atomic(Path(run_dir) / SUMMARY_FILE, _json_bytes(summary, f"{SUMMARY_FILE} in {run_dir}"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScarceError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScarceError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ScarceError(f"{path} should hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.003}} -> {"optim.lr": 0.003}; lists stay whole values."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------- the index
+
+
+class RunIndex:
+    """The SQLite index at `<runs_dir>/index.sqlite`, safe to write from many processes at once.
+
+    Every operation opens its own connection (so forked or spawned processes never share one), and
+    every write is one short `BEGIN IMMEDIATE` transaction in WAL mode, waiting up to 30 s for others.
+    """
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = Path(runs_dir)
+        self.path = self.runs_dir / INDEX_FILE
+
+    # -- connections
+
+    @contextmanager
+    def _open(self, check_schema: bool = True) -> Iterator[sqlite3.Connection]:
+        """A fresh connection for one operation; an index from another schema version is rebuilt."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so each write is exactly one transaction.
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_SECONDS * 1000)}")
+            self._ensure_wal(conn)
+            # NORMAL is crash-safe in WAL mode; a power cut may drop the last commits, which reindex restores.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if check_schema and not self._schema_current(conn):
+                self.reindex()
+            yield conn
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise  # locked, disk full, ...: not the file's fault
+            raise _CorruptIndex(
+                f"the run index {self.path} is damaged ({e}); rebuild it from the run directories "
+                "with RunIndex(runs_dir).reindex()"
+            ) from e
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so two writers queue on the busy timeout instead
+        # of both reading and then failing to upgrade.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _ensure_wal(conn: sqlite3.Connection) -> None:
+        # Switching to WAL needs an exclusive lock and can report "locked" without waiting when
+        # several processes create the file at once, so retry within the busy timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    @staticmethod
+    def _schema_current(conn: sqlite3.Connection) -> bool:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+        return version == _SCHEMA_VERSION and has_table is not None
+
+    # -- rows
+
+    def _stored_path(self, run_dir: Path) -> str:
+        # Runs inside runs_dir are stored by name, so the whole directory can move or be copied.
+        run_dir = Path(run_dir).resolve()
+        return run_dir.name if run_dir.parent == self.runs_dir.resolve() else str(run_dir)
+
+    def _row_values(self, run_dir: Path) -> tuple:
+        run_dir = Path(run_dir)
+        summary = _read_json(run_dir / SUMMARY_FILE)
+        config_path = run_dir / CONFIG_FILE
+        # Runs imported from elsewhere may carry only a summary; they still belong in the table.
+        config = _read_json(config_path) if config_path.exists() else {}
+        summary.setdefault("run_id", run_dir.name)
+        columns = [_sql_value(summary.get(k)) for k in SUMMARY_KEYS]
+        return (*columns, json.dumps(summary), json.dumps(config), self._stored_path(run_dir))
+
+    def record(self, run_dir: Path) -> None:
+        """Read run_dir's summary.json and config.json and upsert its row (keyed by run_id)."""
+        values = self._row_values(run_dir)
+        with self._open() as conn, self._transaction(conn):
+            conn.execute(_INSERT, values)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the run directories (each non-hidden dir with a summary.json).
+
+        Returns the number of runs indexed. A damaged index file is replaced; a run whose files are
+        unreadable is skipped with a warning rather than blocking the rest. The scan happens inside
+        the write transaction, so a run recorded concurrently is either seen by the scan or written
+        after it, never lost. Runs recorded from outside runs_dir are not found again.
+        """
+        try:
+            return self._rebuild()
+        except _CorruptIndex:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            return self._rebuild()
+
+    def _rebuild(self) -> int:
+        count = 0
+        with self._open(check_schema=False) as conn, self._transaction(conn):
+            conn.execute("DROP TABLE IF EXISTS runs")
+            conn.execute(_CREATE_TABLE)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            for run_dir in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
+                if run_dir.name.startswith(".") or not (run_dir / SUMMARY_FILE).exists():
+                    continue
+                try:
+                    conn.execute(_INSERT, self._row_values(run_dir))
+                    count += 1
+                except ScarceError as e:
+                    warnings.warn(f"reindex skipped {run_dir}: {e}", stacklevel=3)
+        return count
+
+    def rows(self, where: Iterable[str] = ()) -> list[dict]:
+        """Every indexed run as a flat dict (summary keys, dotted config keys, `path`), oldest first,
+        keeping those that pass every filter in `where` (see `filter_rows`)."""
+        if not self.path.exists():
+            return []
+        with self._open() as conn:
+            stored = conn.execute(
+                "SELECT summary_json, config_json, path FROM runs ORDER BY created_at, run_id"
+            ).fetchall()
+        rows = []
+        for summary_json, config_json, path in stored:
+            row = _flatten(json.loads(config_json))
+            # On a clash (a top-level config key such as "name") the summary's value wins.
+            row.update(json.loads(summary_json))
+            row["path"] = str(self.runs_dir / path)
+            rows.append(row)
+        return filter_rows(rows, where)
+
+
+class _CorruptIndex(ScarceError):
+    """index.sqlite is not a readable database; reindex replaces it."""
+
+
+def _sql_value(value: Any) -> Any:
+    # SQLite integers stop at 2**63; FLOP counts do not, and the columns are REAL anyway.
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    return json.dumps(value)
+
+
+# ---------------------------------------------------------------- filters
+
+
+_FILTER = re.compile(r"^\s*([^=!<>\s][^=!<>]*?)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+_COMPARE = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _as_text(value: Any) -> str:
+    """How a value reads in a filter or a CSV cell: JSON spelling for booleans, null and lists."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def available_keys(rows: list[dict]) -> list[str]:
+    """Every key seen in any row: known summary keys first, then the rest sorted, then `path`."""
+    seen = {k for row in rows for k in row} | set(SUMMARY_KEYS) | {"path"}
+    rest = sorted(seen - set(SUMMARY_KEYS) - {"path"})
+    return [*SUMMARY_KEYS, *rest, "path"]
+
+
+def _check_keys(keys: Iterable[str], rows: list[dict], what: str) -> None:
+    if not rows:
+        return  # nothing indexed yet, so no key can be called unknown (config keys come from runs)
+    known = available_keys(rows)
+    for key in keys:
+        if key not in known:
+            raise ScarceError(f"unknown {what} key {key!r}; available keys: {', '.join(known)}")
+
+
+def parse_filter(text: str) -> tuple[str, str, str]:
+    """`"optim.weight_decay>=0.1"` -> ("optim.weight_decay", ">=", "0.1")."""
+    match = _FILTER.match(text)
+    if not match:
+        raise ScarceError(
+            f"malformed filter {text!r}; write KEY=VALUE, KEY!=VALUE, KEY>=VALUE, KEY<=VALUE, "
+            "KEY>VALUE or KEY<VALUE, e.g. status=completed or optim.weight_decay>=0.1"
+        )
+    return match.group(1), match.group(2), match.group(3)
+
+
+def _matches(value: Any, op: str, wanted: str) -> bool:
+    a, b = _as_number(value), _as_number(wanted)
+    if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+        return _COMPARE[op](a, b)
+    if op not in ("=", "!=") and value is None:
+        return False  # a missing value is neither above nor below anything
+    # Text compares as text, so ISO timestamps order correctly: created_at>=2026-01-01.
+    return _COMPARE[op](_as_text(value), wanted)
+
+
+def filter_rows(rows: list[dict], where: Iterable[str] = ()) -> list[dict]:
+    """Rows passing every filter. Numbers compare numerically, everything else as text.
+
+    An unknown key is an error listing the available keys; a row lacking a known key has no value
+    there (it matches `key=` and `key!=x`, and no ordering).
+    """
+    if isinstance(where, str):
+        where = [where]
+    filters = [parse_filter(w) for w in where]
+    _check_keys((key for key, _, _ in filters), rows, "filter")
+    return [row for row in rows if all(_matches(row.get(k), op, v) for k, op, v in filters)]
+
+
+# ---------------------------------------------------------------- tables and CSV
+
+
+def load_runs_table(runs_dir: Path, where: Iterable[str] = ()) -> list[dict]:
+    """The flat rows of every run under runs_dir passing `where`; builds the index if it is missing."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ScarceError(f"runs directory {runs_dir} does not exist; train a run first or pass another directory")
+    index = RunIndex(runs_dir)
+    if not index.path.exists() and any(
+        p.is_dir() and not p.name.startswith(".") and (p / SUMMARY_FILE).exists() for p in runs_dir.iterdir()
+    ):
+        index.reindex()
+    return index.rows(where)
+
+
+def export_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
+    """Write rows as CSV (atomically). Default columns: every key, summary keys first, then config keys
+    sorted, then path. Missing values are empty cells; floats keep full precision."""
+    if columns is None:
+        present = {k for row in rows for k in row}
+        columns = [k for k in available_keys(rows) if k in present]
+    else:
+        _check_keys(columns, rows, "column")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_as_text(row.get(k)) for k in columns])
+    write_bytes_atomic(Path(path), buffer.getvalue().encode())
+
+
+def _format_cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _as_text(value)
+    if key.endswith(("_loss", "_bpb")):
+        return f"{value:.4f}"
+    if key == "wall_seconds":
+        return f"{value:.1f}"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    # Counts (params, tokens, flops): 3 significant digits with an SI suffix.
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return str(int(value))
+
+
+def runs_table(rows: list[dict], columns: list[str] | None = None) -> Table:
+    """A rich Table of rows for the terminal. Default: a compact set of the columns people compare,
+    leaving out those no row has."""
+    if columns is None:
+        columns = [c for c in DEFAULT_TABLE_COLUMNS if any(c in row for row in rows)] or ["run_id"]
+    else:
+        _check_keys(columns, rows, "column")
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        numeric = any(_as_number(row.get(column)) is not None for row in rows) and column != "run_id"
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "run_id")
+    for row in rows:
+        table.add_row(*(_format_cell(c, row.get(c)) for c in columns))
+    return table
+
+
+__all__ = [
+    "DEFAULT_TABLE_COLUMNS", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics", "available_keys",
+    "create_run_dir", "export_csv", "filter_rows", "load_runs_table", "new_run_id", "parse_filter",
+    "read_metrics", "runs_table", "write_summary",
+]
