@@ -26,6 +26,12 @@ class DataConfig(Section):
     unique_tokens: int | None = Field(None, ge=2)  # D; None: the whole training split
     eval_tokens: int | None = Field(65536, ge=1)  # validation tokens per evaluation; None: all
 
+    def store_options(self) -> dict:
+        """Keyword arguments of scarce.data.store.prepare_store for this corpus."""
+        return dict(
+            tokenizer=self.tokenizer, vocab_size=self.vocab_size, val_fraction=self.val_fraction, split_seed=self.split_seed
+        )
+
 
 class ModelConfig(Section):
     size: str = "micro"  # a name from the ladder in scarce.model.SIZES; the fields below override it

@@ -103,12 +103,9 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
 
     # Data: rank 0 tokenizes (cached on disk), the others then open the same store.
     data = config.data
-    store_kwargs = dict(
-        tokenizer=data.tokenizer, vocab_size=data.vocab_size, val_fraction=data.val_fraction, split_seed=data.split_seed
-    )
     if not ctx.is_main:
         dist.barrier()
-    store = prepare_store(data.corpus, **store_kwargs)
+    store = prepare_store(data.corpus, **data.store_options())
     if ctx.is_main and ctx.world_size > 1:
         dist.barrier()
     unique_tokens = data.unique_tokens or store.train_token_count
@@ -120,17 +117,7 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
             f"train.batch_size={cfg.batch_size} is smaller than processes × grad_accum = {ctx.world_size * cfg.grad_accum}"
         )
 
-    shape = model_shape(
-        config.model.size,
-        vocab_size=store.vocab_size,
-        seq_len=config.model.seq_len,
-        n_layers=config.model.n_layers,
-        d_model=config.model.d_model,
-        n_heads=config.model.n_heads,
-        ffn_hidden=config.model.ffn_hidden,
-        qk_norm=config.model.qk_norm,
-        dropout=config.model.dropout,
-    )
+    shape = model_shape(vocab_size=store.vocab_size, **config.model.model_dump())
     model = Transformer(shape).to(device)
     optimizer = build_optimizer(model, config.optim)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if ctx.world_size > 1 else model
@@ -221,10 +208,16 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
         transient=True,
     )
     task = bar.add_task("train", total=loader.steps, completed=loader.step, info="")
-    last_eval, window_tokens, window_start = None, 0, time.perf_counter()
+    last_eval, window_tokens, window_start, window_loader_seconds = None, 0, time.perf_counter(), 0.0
     model.train()
+    batches = iter(loader)
     with bar:
-        for batch, global_rows in loader:
+        while True:
+            fetch_start = time.perf_counter()
+            batch, global_rows = next(batches, (None, 0))
+            if batch is None:
+                break
+            window_loader_seconds += time.perf_counter() - fetch_start
             step = loader.step  # steps done once this one finishes
             lr = lr_at(step - 1, loader.steps, config.optim)
             for group in optimizer.param_groups:
@@ -276,8 +269,9 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                     "unique_tokens": unique_tokens,
                     "epochs_completed": loader.epochs_completed(step),
                     "tokens_per_second": window_tokens / elapsed,
+                    "loader_fraction": window_loader_seconds / elapsed,  # share of step time spent fetching batches
                 }
-                window_tokens, window_start = 0, time.perf_counter()
+                window_tokens, window_start, window_loader_seconds = 0, time.perf_counter(), 0.0
             if (cfg.eval_every and step % cfg.eval_every == 0) or last_step:
                 last_eval = evaluate(
                     model, store.val_tokens, store.val_bytes, config.model.seq_len, cfg.batch_size, device,

@@ -1,0 +1,137 @@
+"""The `scarce` command: parse, call the library, print. Nothing here that a Python user could not call."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scarce.errors import ScarceError
+
+app = typer.Typer(help="Pretraining language models when unique data is the limit.", no_args_is_help=True)
+data_app = typer.Typer(help="Corpora and token stores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. optim.weight_decay=0.8")]
+
+
+@data_app.command("list")
+def data_list():
+    """List the named corpora."""
+    from scarce.data.corpora import list_corpora
+
+    table = Table("corpus", "description")
+    for name, description in list_corpora().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    corpus: Annotated[str, typer.Argument(help="A catalog name (see `scarce data list`) or a path to your files.")] = "kjv",
+    tokenizer: Annotated[str, typer.Option(help="bpe (trained here) or gpt2 (GPT-2's vocabulary)")] = "bpe",
+    vocab_size: int = 8192,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+):
+    """Tokenize a corpus once into a cached token store (train/validation split by documents)."""
+    from scarce.config import DataConfig
+    from scarce.data.store import prepare_store
+
+    DataConfig(corpus=corpus, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction)
+    store = prepare_store(corpus, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, split_seed=split_seed)
+    console.print(
+        f"{store.path}\n  {store.train_token_count:,} training tokens, {len(store.val_tokens):,} validation tokens, "
+        f"vocabulary {store.vocab_size:,}"
+    )
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config (see examples/); omit for defaults")] = None,
+    overrides: Overrides = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Run directory to continue from its newest checkpoint")] = None,
+    progress: bool = True,
+):
+    """Train one model for E epochs over D unique tokens."""
+    from scarce.config import load_config
+    from scarce.train.trainer import resume as resume_run
+    from scarce.train.trainer import train as train_run
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise ScarceError("--resume continues a run with its saved config; pass no config or overrides with it")
+        resume_run(resume, progress=progress)
+    else:
+        train_run(load_config(config, overrides or []), progress=progress)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    eval_tokens: Annotated[Optional[int], typer.Option(help="Validation tokens to score; default all")] = None,
+):
+    """Score a run's newest checkpoint on its validation split (nats/token and bits/byte)."""
+    from scarce.evals.run import evaluate_run
+
+    result = evaluate_run(run_dir, eval_tokens)
+    console.print(
+        f"{run_dir}: val loss {result['val_loss']:.4f} nats/token, {result['val_bpb']:.4f} bits/byte "
+        f"over {result['val_tokens']:,} tokens (checkpoint {result['checkpoint']})"
+    )
+
+
+@app.command("runs")
+def runs_(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs directory")] = Path("runs"),
+    where: Annotated[Optional[list[str]], typer.Option(help="Filter, e.g. status=completed or epochs>=4")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Write the rows to this CSV file")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns to show/export")] = None,
+    reindex: Annotated[bool, typer.Option(help="Rebuild the index from the run directories first")] = False,
+):
+    """List and filter runs; export them as CSV for `scarce fit`."""
+    from scarce import runs
+
+    if reindex:
+        console.print(f"indexed {runs.RunIndex(runs_dir).reindex()} runs")
+    rows = runs.load_runs_table(runs_dir, where or [])
+    selected = columns.split(",") if columns else None
+    if csv:
+        runs.export_csv(rows, csv, selected)
+        console.print(f"wrote {len(rows)} runs to {csv}")
+    else:
+        console.print(runs.runs_table(rows, selected))
+
+
+@app.command()
+def quickstart(
+    runs_dir: Annotated[Path, typer.Option(help="Where the runs go")] = Path("runs/quickstart"),
+    quick: Annotated[bool, typer.Option(help="A seconds-long smoke version of the grid")] = False,
+):
+    """The data-constrained regime on the King James Bible, in about five minutes on a CPU."""
+    from scarce.quickstart import run_quickstart
+
+    run_quickstart(runs_dir, quick=quick, console=console)
+
+
+def _register_laws() -> None:
+    try:
+        from scarce.laws import cli as laws_cli
+    except ImportError:  # pragma: no cover - the laws commands are optional only while being built
+        return
+    app.command("fit")(laws_cli.fit)
+    app.command("laws")(laws_cli.laws)
+    app.command("plan")(laws_cli.plan)
+
+
+_register_laws()
+
+
+def main():
+    try:
+        app(standalone_mode=False)
+    except ScarceError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise SystemExit(2)

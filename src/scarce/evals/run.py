@@ -1,0 +1,40 @@
+"""Score a finished (or checkpointed) run on its validation split."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from scarce.config import RunConfig
+from scarce.data.store import prepare_store
+from scarce.errors import ScarceError
+from scarce.evals.perplexity import evaluate
+from scarce.model import Transformer, model_shape
+from scarce.train.checkpoint import load_latest_checkpoint
+
+
+def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, Path]:
+    """The run's config and its model with the newest intact checkpoint's weights, on the CPU."""
+    run_dir = Path(run_dir)
+    try:
+        config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ScarceError(f"{run_dir} is not a run directory: config.json is missing or unreadable ({e})") from None
+    found = load_latest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise ScarceError(f"{run_dir} has no checkpoint to evaluate")
+    path, model_state, _ = found
+    store = prepare_store(config.data.corpus, **config.data.store_options())
+    model = Transformer(model_shape(vocab_size=store.vocab_size, **config.model.model_dump()))
+    model.load_state_dict(model_state)
+    return config, model, path
+
+
+def evaluate_run(run_dir: Path, eval_tokens: int | None = None) -> dict:
+    config, model, checkpoint = load_run_model(run_dir)
+    store = prepare_store(config.data.corpus, **config.data.store_options())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(
+        model.to(device), store.val_tokens, store.val_bytes, config.model.seq_len, config.train.batch_size, device, eval_tokens
+    )
+    return {**result, "checkpoint": checkpoint.name}

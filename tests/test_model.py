@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from scarce.errors import ScarceError
+from scarce.model import SIZES, Transformer, model_shape
+
+
+def test_counted_params_match_the_module():
+    for size in ("micro", "tiny"):
+        shape = model_shape(size, vocab_size=300, seq_len=32)
+        model = Transformer(shape)
+        assert sum(p.numel() for p in model.parameters()) == shape.total_params()
+        embeddings = model.embed.weight.numel() + model.head.weight.numel()
+        assert shape.total_params() - shape.non_embedding_params() == embeddings
+
+
+def test_ladder_names_match_the_mir_paper_sizes_with_gpt2_vocab():
+    for name, millions in {"72m": 72, "140m": 140, "257m": 257, "664m": 664, "1p4b": 1400}.items():
+        total = model_shape(name, vocab_size=50258).total_params() / 1e6
+        assert abs(total - millions) / millions < 0.03, (name, total)
+    assert 0.05e6 < model_shape("micro").non_embedding_params() < 0.2e6
+
+
+def test_attention_is_causal_and_untied():
+    torch.manual_seed(0)
+    model = Transformer(model_shape("micro", vocab_size=50, seq_len=16)).eval()
+    tokens = torch.randint(0, 50, (1, 16))
+    changed = tokens.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 50
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-6)
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+    assert model.embed.weight.data_ptr() != model.head.weight.data_ptr()
+
+
+def test_flops_per_token_is_six_times_matmul_params_plus_attention():
+    shape = model_shape("small", vocab_size=4096, seq_len=256)
+    matmul_params = shape.non_embedding_params() + 4096 * 256
+    assert shape.train_flops_per_token() == 6 * matmul_params + 12 * shape.n_layers * 256 * 256
+
+
+def test_bad_sizes_are_named():
+    with pytest.raises(ScarceError, match="huge"):
+        model_shape("huge")
+    with pytest.raises(ScarceError, match="n_heads=3"):
+        model_shape("micro", n_heads=3)
+    assert set(SIZES) >= {"micro", "72m", "1p4b"}
