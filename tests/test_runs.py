@@ -12,14 +12,18 @@ from rich.console import Console
 
 from scarce.errors import ScarceError
 from scarce.runs import (
+    DEFAULT_TABLE_COLUMNS,
     RunIndex,
     append_metrics,
     create_run_dir,
     export_csv,
     load_runs_table,
     new_run_id,
+    read_config,
     read_metrics,
+    read_summary,
     runs_table,
+    write_metrics,
     write_summary,
 )
 
@@ -83,6 +87,25 @@ def test_metrics_survive_a_torn_last_line_and_appending_after_it(tmp_path):
     with pytest.warns(UserWarning, match="line 3"):
         records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3]
+
+
+def test_resume_rewrites_metrics_then_keeps_appending(tmp_path):
+    run_dir = create_run_dir(tmp_path, "m", {})
+    for step in (1, 2, 3):
+        append_metrics(run_dir, {"step": step})
+    # Resuming from the step-2 checkpoint: step 3 will be logged again, so drop it.
+    write_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= 2])
+    append_metrics(run_dir, {"step": 3, "resumed": True})
+    assert read_metrics(run_dir) == [{"step": 1}, {"step": 2}, {"step": 3, "resumed": True}]
+
+
+def test_summary_and_config_read_back_and_a_missing_one_is_named(tmp_path):
+    run_dir = create_run_dir(tmp_path, "s", _config())
+    assert read_config(run_dir) == _config()
+    with pytest.raises(ScarceError, match="summary.json does not exist"):
+        read_summary(run_dir)
+    write_summary(run_dir, _summary(run_dir))
+    assert read_summary(run_dir) == _summary(run_dir)
 
 
 def test_record_and_rows_roundtrip_with_flattened_config(tmp_path):
@@ -191,12 +214,15 @@ def test_load_runs_table_names_a_missing_runs_dir(tmp_path):
     assert load_runs_table(tmp_path) == []
 
 
-def test_runs_table_shows_the_compact_columns(tmp_path):
+def test_runs_table_shows_the_compact_columns_with_readable_numbers(tmp_path):
     run_dir = _finished_run(tmp_path)
+    table = runs_table(load_runs_table(tmp_path))
+    # Headers may break across lines, but they spell the exact keys a user filters on.
+    assert [str(c.header).replace("\n", "") for c in table.columns] == list(DEFAULT_TABLE_COLUMNS)
     console = Console(width=250, record=True)
-    console.print(runs_table(load_runs_table(tmp_path)))
+    console.print(table)
     text = console.export_text()
-    for expected in (run_dir.name, "model.size", "optim.weight_decay", "1M", "3.5000", "61.5"):
+    for expected in (run_dir.name, "completed", "micro", "1M", "200k", "3.5000", "61.5"):
         assert expected in text
 
 

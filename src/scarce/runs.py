@@ -150,6 +150,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    """Replace metrics.jsonl with records, atomically (a resumed run drops what it will log again)."""
+    text = "".join(json.dumps(record, default=str) + "\n" for record in records)
+    write_bytes_atomic(Path(run_dir) / METRICS_FILE, text.encode())
+
+
 def write_summary(run_dir: Path, summary: dict) -> None:
     """Write summary.json atomically: readers see the old summary or the new one, never half."""
     write_bytes_atomic(Path(run_dir) / SUMMARY_FILE, _json_bytes(summary, f"{SUMMARY_FILE} in {run_dir}"))
@@ -165,6 +171,16 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ScarceError(f"{path} should hold a JSON object, not {type(obj).__name__}")
     return obj
+
+
+def read_summary(run_dir: Path) -> dict:
+    """summary.json of a run, or a ScarceError naming the file when it is missing or unreadable."""
+    return _read_json(Path(run_dir) / SUMMARY_FILE)
+
+
+def read_config(run_dir: Path) -> dict:
+    """The resolved config (nested sections) a run was started with."""
+    return _read_json(Path(run_dir) / CONFIG_FILE)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -261,10 +277,9 @@ class RunIndex:
 
     def _row_values(self, run_dir: Path) -> tuple:
         run_dir = Path(run_dir)
-        summary = _read_json(run_dir / SUMMARY_FILE)
-        config_path = run_dir / CONFIG_FILE
+        summary = read_summary(run_dir)
         # Runs imported from elsewhere may carry only a summary; they still belong in the table.
-        config = _read_json(config_path) if config_path.exists() else {}
+        config = read_config(run_dir) if (run_dir / CONFIG_FILE).exists() else {}
         summary.setdefault("run_id", run_dir.name)
         columns = [_sql_value(summary.get(k)) for k in SUMMARY_KEYS]
         return (*columns, json.dumps(summary), json.dumps(config), self._stored_path(run_dir))
@@ -476,6 +491,19 @@ def _format_cell(key: str, value: Any) -> str:
     return str(int(value))
 
 
+def _wrap_key(key: str, width: int) -> str:
+    """Break a long key after its dots and underscores ("optim.weight_decay" -> "optim.\nweight_decay")
+    so a header is no wider than its values, while still spelling the exact key to filter on."""
+    pieces = re.findall(r"[^._]+[._]?", key) or [key]
+    width = max(width, *(len(p) for p in pieces))
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
 def runs_table(rows: list[dict], columns: list[str] | None = None) -> Table:
     """A rich Table of rows for the terminal. Default: a compact set of the columns people compare,
     leaving out those no row has."""
@@ -483,17 +511,24 @@ def runs_table(rows: list[dict], columns: list[str] | None = None) -> Table:
         columns = [c for c in DEFAULT_TABLE_COLUMNS if any(c in row for row in rows)] or ["run_id"]
     else:
         _check_keys(columns, rows, "column")
+    cells = [[_format_cell(c, row.get(c)) for c in columns] for row in rows]
     table = Table(show_edge=False, header_style="bold")
-    for column in columns:
+    for i, column in enumerate(columns):
         numeric = any(_as_number(row.get(column)) is not None for row in rows) and column != "run_id"
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "run_id")
-    for row in rows:
-        table.add_row(*(_format_cell(c, row.get(c)) for c in columns))
+        widest = max((len(r[i]) for r in cells), default=1)
+        if column == "run_id":
+            # The one long value: on a narrow terminal it folds, so the numbers beside it stay whole.
+            table.add_column(column, overflow="fold")
+        else:
+            header = _wrap_key(column, widest)
+            table.add_column(header, justify="right" if numeric else "left", min_width=max(widest, *(len(h) for h in header.split("\n"))))
+    for row_cells in cells:
+        table.add_row(*row_cells)
     return table
 
 
 __all__ = [
     "DEFAULT_TABLE_COLUMNS", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics", "available_keys",
     "create_run_dir", "export_csv", "filter_rows", "load_runs_table", "new_run_id", "parse_filter",
-    "read_metrics", "runs_table", "write_summary",
+    "read_config", "read_metrics", "read_summary", "runs_table", "write_metrics", "write_summary",
 ]
