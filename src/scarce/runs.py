@@ -183,6 +183,13 @@ def read_config(run_dir: Path) -> dict:
     return _read_json(Path(run_dir) / CONFIG_FILE)
 
 
+def _run_dirs(runs_dir: Path) -> Iterator[Path]:
+    """The run directories under runs_dir: not hidden (runs being created), with a summary.json."""
+    for path in sorted(Path(runs_dir).iterdir()):
+        if path.is_dir() and not path.name.startswith(".") and (path / SUMMARY_FILE).exists():
+            yield path
+
+
 def _flatten(config: dict, prefix: str = "") -> dict:
     """{"optim": {"lr": 0.003}} -> {"optim.lr": 0.003}; lists stay whole values."""
     flat = {}
@@ -311,9 +318,7 @@ class RunIndex:
             conn.execute("DROP TABLE IF EXISTS runs")
             conn.execute(_CREATE_TABLE)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            for run_dir in sorted(p for p in self.runs_dir.iterdir() if p.is_dir()):
-                if run_dir.name.startswith(".") or not (run_dir / SUMMARY_FILE).exists():
-                    continue
+            for run_dir in _run_dirs(self.runs_dir):
                 try:
                     conn.execute(_INSERT, self._row_values(run_dir))
                     count += 1
@@ -450,9 +455,7 @@ def load_runs_table(runs_dir: Path, where: Iterable[str] = ()) -> list[dict]:
     if not runs_dir.is_dir():
         raise ScarceError(f"runs directory {runs_dir} does not exist; train a run first or pass another directory")
     index = RunIndex(runs_dir)
-    if not index.path.exists() and any(
-        p.is_dir() and not p.name.startswith(".") and (p / SUMMARY_FILE).exists() for p in runs_dir.iterdir()
-    ):
+    if not index.path.exists() and any(_run_dirs(runs_dir)):
         index.reindex()
     return index.rows(where)
 
