@@ -5,7 +5,7 @@ import pytest
 
 import scarce.data.store as store_module
 from scarce.data.corpora import load_documents
-from scarce.data.store import open_store, prepare_store, token_dtype
+from scarce.data.store import open_store, prepare_store, split_documents, token_dtype
 from scarce.data.tokenizer import train_bpe
 from scarce.errors import ScarceError
 
@@ -152,3 +152,18 @@ def test_bad_settings_are_rejected(corpus, tmp_path):
     one_doc.write_text("just one short document")
     with pytest.raises(ScarceError, match="at least 2"):
         prepare_store(str(one_doc), root=tmp_path)
+
+
+def test_split_holds_out_at_least_one_document_and_never_all():
+    for documents, val_fraction, expected_val in [(2, 0.05, 1), (10, 0.99, 9), (1189, 0.05, 59)]:
+        train_ids, val_ids = split_documents(documents, val_fraction, split_seed=0)
+        assert len(val_ids) == expected_val and len(train_ids) == documents - expected_val
+        assert sorted([*train_ids, *val_ids]) == list(range(documents))
+
+
+def test_kjv_store_end_to_end(tmp_path):
+    store = prepare_store("kjv", tokenizer="gpt2", root=tmp_path)  # GPT-2: no tokenizer training in a test
+    assert (store.meta["train_documents"], store.meta["val_documents"]) == (1130, 59)
+    assert 900_000 < store.train_token_count < 1_100_000
+    first_chapter = store.tokenizer.decode(store.budget(20).tolist())
+    assert first_chapter.split("\n")[0].split()[-1].isdigit()  # starts with a "Book N" title line
