@@ -60,12 +60,15 @@ def train(
     from scarce.train.trainer import resume as resume_run
     from scarce.train.trainer import train as train_run
 
+    overrides = list(overrides or [])
+    if config is not None and "=" in config.name and not config.exists():  # `scarce train model.size=micro`
+        config, overrides = None, [str(config), *overrides]
     if resume is not None:
         if config is not None or overrides:
             raise ScarceError("--resume continues a run with its saved config; pass no config or overrides with it")
         resume_run(resume, progress=progress)
     else:
-        train_run(load_config(config, overrides or []), progress=progress)
+        train_run(load_config(config, overrides), progress=progress)
 
 
 @app.command("eval")

@@ -272,6 +272,7 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                     "loader_fraction": window_loader_seconds / elapsed,  # share of step time spent fetching batches
                 }
                 window_tokens, window_start, window_loader_seconds = 0, time.perf_counter(), 0.0
+            pause_start = time.perf_counter()  # evaluation and checkpoints stay out of tokens/s
             if (cfg.eval_every and step % cfg.eval_every == 0) or last_step:
                 last_eval = evaluate(
                     model, store.val_tokens, store.val_bytes, config.model.seq_len, cfg.batch_size, device,
@@ -294,6 +295,7 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                     run_dir / "checkpoints", step, model.state_dict(),
                     checkpoint_state(step, time.perf_counter() - started), cfg.keep_checkpoints,
                 )
+            window_start += time.perf_counter() - pause_start
 
     if ctx.is_main:
         finish("completed", loader.step, time.perf_counter() - started, last_eval)

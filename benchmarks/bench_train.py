@@ -1,0 +1,92 @@
+"""Training throughput, MFU and the data loader's share of step time, through the real trainer.
+
+Reference config (issue 2): 4 layers, d_model 256, 4 heads, context 256, vocab 4096, batch 16, on KJV.
+MFU = 6·N·tokens/s over the fp32 matmul rate measured here, in this run, where N counts the weights
+that take part in matmuls (everything but the input embedding lookup). MFU with attention FLOPs
+(scarce.model.ModelShape.train_flops_per_token) is written too.
+
+    python benchmarks/bench_train.py [--steps 60] [--out benchmarks/results/train.json]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scarce import runs
+from scarce.config import resolve_config
+from scarce.model import model_shape
+from scarce.train.trainer import train
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:
+    """Peak-ish fp32 dense matmul rate of this machine with torch's current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train.json")
+    args = parser.parse_args()
+
+    seq_len, batch_size = 256, 16
+    unique_tokens = args.steps * batch_size * seq_len + 1  # exactly `steps` steps in one epoch
+    with tempfile.TemporaryDirectory() as runs_dir:
+        config = resolve_config(
+            {
+                "name": "bench",
+                "runs_dir": runs_dir,
+                "data": {"corpus": "kjv", "vocab_size": 4096, "unique_tokens": unique_tokens, "eval_tokens": 1024},
+                "model": {"size": "small", "seq_len": seq_len},
+                "train": {"batch_size": batch_size, "epochs": 1, "log_every": 10, "device": args.device},
+            }
+        )
+        matmul_rate = matmul_flops_per_second()
+        run_dir = train(config, progress=False)
+        windows = [r for r in runs.read_metrics(run_dir) if "tokens_per_second" in r][1:]  # first window warms up
+        device = runs.read_summary(run_dir)["device"]
+    shape = model_shape(vocab_size=4096, **config.model.model_dump())
+    tokens_per_second = statistics.median(r["tokens_per_second"] for r in windows)
+    matmul_params = shape.non_embedding_params() + shape.vocab_size * shape.d_model
+    result = {
+        "config": "4 layers, d_model 256, 4 heads, context 256, vocab 4096, batch 16",
+        "device": device,
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "matmul_params": matmul_params,
+        "tokens_per_second": tokens_per_second,
+        "fp32_matmul_flops_per_second": matmul_rate,
+        "mfu_6n": 6 * matmul_params * tokens_per_second / matmul_rate,
+        "mfu_with_attention": shape.train_flops_per_token() * tokens_per_second / matmul_rate,
+        "loader_fraction_of_step_time": statistics.median(r["loader_fraction"] for r in windows),
+        "steps": args.steps,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
