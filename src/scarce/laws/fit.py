@@ -204,7 +204,7 @@ def fit_law(law: Law, x: Mapping, y, *, loss: str = "huber", delta: float = DEFA
     refine:    how many of the best grid starts L-BFGS-B refines.
     start:     natural-unit parameter values to refine from instead of the grid (warm start).
 
-    Sets params_, objective_, converged_, report_, intervals_, bootstrap_params_ (resamples × parameters,
+    Sets params_, objective_, converged_, report_, intervals_, interval_level_, bootstrap_params_ (resamples × parameters,
     natural units; empty without bootstrap), x_, y_.
     """
     if loss not in LOSSES:
@@ -242,6 +242,7 @@ def fit_law(law: Law, x: Mapping, y, *, loss: str = "huber", delta: float = DEFA
     law.bootstrap_params_ = np.array([list(law.to_natural(s).values()) for s in samples]).reshape(
         len(samples), len(res.x))
     law.intervals_ = percentile_intervals(law.param_names, law.bootstrap_params_, level)
+    law.interval_level_ = level
     law.report_ = FitReport(
         law=law.name, loss=loss, delta=delta if loss == "huber" else None, n_points=len(y),
         objective=law.objective_, converged=law.converged_, message=str(res.message), iterations=int(res.nit),
@@ -277,14 +278,6 @@ def percentile_intervals(names, samples: np.ndarray, level: float) -> dict[str, 
         return {}
     lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return {name: (float(a), float(b)) for name, a, b in zip(names, lo, hi)}
-
-
-def refit_from_optimum(law: Law, x: Mapping, y, **options) -> Law:
-    """Fit a copy of a fitted law to other points, starting from its optimum (no grid): for leave-one-out
-    and other refits near a known solution."""
-    clone = law_copy(law)
-    return fit_law(clone, x, y, start=law.params_, loss=law.report_.loss,
-                   delta=law.report_.delta or DEFAULT_DELTA, **options)
 
 
 def law_copy(law: Law) -> Law:

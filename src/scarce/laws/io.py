@@ -1,0 +1,131 @@
+"""Points in (CSV files, run-store rows) and fits out (the JSON schema `scarce.fit/1`).
+
+JSON schema of one fit (`fit_to_json`); every interval is [low, high] at `interval_level`, or null when
+the fit had no bootstrap:
+
+    {
+      "schema": "scarce.fit/1",
+      "law": {"name", "formula", "variables": {law variable: column}, "y": column, "spec": {...}},
+      "data": {"source", "n_points", "filters": [...], "best_per_x": bool},
+      "parameters": {name: {"value", "interval"}},
+      "objective": float,
+      "fit": FitReport fields (loss, delta, converged, message, iterations, n_starts, n_refined,
+             winning_start, winning_start_objective, rmse_log, max_abs_residual_log, seconds,
+             bootstrap_resamples, bootstrap_failed, interval_level),
+      "derived": {name: {"value", "interval"}},
+      "bootstrap": {"parameter_names": [...], "samples": [[...], ...]}
+    }
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from scarce.errors import ScarceError
+from scarce.laws.derived import Estimate
+from scarce.laws.forms import Law, law_from_dict
+
+SCHEMA = "scarce.fit/1"
+
+
+def parse_mapping(items: Iterable[str]) -> dict[str, str]:
+    """`N=params,D=tokens` (or repeated) → {"N": "params", "D": "tokens"}; a bare `members` maps a
+    variable of that name to the column of that name."""
+    mapping = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            variable, _, column = part.partition("=")
+            variable, column = variable.strip(), (column.strip() or variable.strip())
+            if not variable:
+                raise ScarceError(f"bad column mapping {part!r}; write VARIABLE=COLUMN, e.g. N=params")
+            mapping[variable] = column
+    return mapping
+
+
+def _number(value, column: str, where: str) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ScarceError(f"{where}: column {column!r} has {value!r}, not a number") from None
+
+
+def points_from_rows(rows: list[Mapping], columns: Mapping[str, str], y_column: str, source: str):
+    """x ({variable: array}) and y from dict rows, naming the source and column in every error."""
+    if not rows:
+        raise ScarceError(f"{source}: no rows to fit")
+    present = set().union(*(r.keys() for r in rows))
+    for column in [*columns.values(), y_column]:
+        if column not in present:
+            raise ScarceError(f"{source}: no column {column!r}; columns are {', '.join(sorted(present))}")
+    x = {v: np.array([_number(r.get(c), c, f"{source} row {i + 1}") for i, r in enumerate(rows)])
+         for v, c in columns.items()}
+    y = np.array([_number(r.get(y_column), y_column, f"{source} row {i + 1}") for i, r in enumerate(rows)])
+    return x, y
+
+
+def read_points_csv(path: Path, columns: Mapping[str, str], y_column: str):
+    path = Path(path)
+    if not path.is_file():
+        raise ScarceError(f"points file {path} does not exist")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return points_from_rows(rows, columns, y_column, str(path))
+
+
+def best_per_x(x: Mapping[str, np.ndarray], y: np.ndarray):
+    """Keep, for each distinct x, only the lowest loss: the tuned optimum over the other settings
+    (weight decay, epochs, ...) that the table also varies."""
+    keys = list(zip(*x.values()))
+    best: dict[tuple, int] = {}
+    for i, key in enumerate(keys):
+        if key not in best or y[i] < y[best[key]]:
+            best[key] = i
+    keep = np.array(sorted(best.values()))
+    return {k: v[keep] for k, v in x.items()}, y[keep]
+
+
+def fit_to_json(law: Law, *, columns: Mapping[str, str], y_column: str, source: str,
+                filters: list[str] = (), best: bool = False, derived: Mapping[str, Estimate] | None = None) -> dict:
+    intervals = getattr(law, "intervals_", {})
+    return {
+        "schema": SCHEMA,
+        "law": {"name": law.name, "formula": law.formula, "variables": dict(columns), "y": y_column,
+                "spec": law.to_dict()},
+        "data": {"source": source, "n_points": law.report_.n_points, "filters": list(filters), "best_per_x": best},
+        "parameters": {k: {"value": v, "interval": list(intervals[k]) if k in intervals else None}
+                       for k, v in law.params_.items()},
+        "objective": law.objective_,
+        "fit": law.report_.to_dict(),
+        "derived": {k: e.to_dict() for k, e in (derived or {}).items()},
+        "bootstrap": {"parameter_names": list(law.param_names), "samples": law.bootstrap_params_.tolist()},
+    }
+
+
+def write_json(data: dict, path: Path) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def law_from_fit_json(path: Path) -> Law:
+    """A fitted law (parameters and bootstrap draws) rebuilt from a `scarce fit --json` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScarceError(f"fit file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ScarceError(f"fit file {path} is not JSON: {err}") from err
+    if data.get("schema") != SCHEMA:
+        raise ScarceError(f"fit file {path}: expected schema {SCHEMA!r}, found {data.get('schema')!r}")
+    law = law_from_dict(data["law"]["spec"])
+    law.params_ = {k: float(v["value"]) for k, v in data["parameters"].items()}
+    law.bootstrap_params_ = np.array(data["bootstrap"]["samples"], dtype=float).reshape(-1, len(law.param_names))
+    law.interval_level_ = float(data["fit"]["interval_level"])
+    return law
