@@ -9,7 +9,9 @@ from rich.table import Table
 
 from scarce.errors import ScarceError
 
-app = typer.Typer(help="Pretraining language models when unique data is the limit.", no_args_is_help=True)
+app = typer.Typer(
+    help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 data_app = typer.Typer(help="Corpora and token stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -133,8 +135,9 @@ _register_laws()
 
 
 def main():
+    """Console entry point: a ScarceError is one red line and exit code 2, not a traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except ScarceError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
         raise SystemExit(2)
