@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scarce.errors import ScarceError
+from scarce.laws import cli as laws_cli
 
 app = typer.Typer(
     help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -121,17 +122,9 @@ def quickstart(
     run_quickstart(runs_dir, quick=quick, console=console)
 
 
-def _register_laws() -> None:
-    try:
-        from scarce.laws import cli as laws_cli
-    except ImportError:  # pragma: no cover - the laws commands are optional only while being built
-        return
-    app.command("fit")(laws_cli.fit)
-    app.command("laws")(laws_cli.laws)
-    app.command("plan")(laws_cli.plan)
-
-
-_register_laws()
+app.command("fit")(laws_cli.fit)
+app.command("laws")(laws_cli.laws)
+app.command("plan")(laws_cli.plan)
 
 
 def main():
