@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from scarce.errors import ScarceError
-from scarce.laws.fit import Problem, fit_law, law_copy, refine_batch
+from scarce.laws.fit import RESAMPLE_XTOL, Problem, fit_law, law_copy, refine_batch
 from scarce.laws.forms import Law
 
 
@@ -75,6 +75,6 @@ def _leave_one_out_predictions(law: Law) -> np.ndarray:
     problem = Problem(law, law.x_, law.y_, report.loss, report.delta or 0.0)
     n = len(law.y_)
     theta_hat = law.to_fitted(law.params_)
-    thetas, _ = refine_batch(problem, np.repeat(theta_hat[None, :], n, 0), 1.0 - np.eye(n))
+    thetas, _, _ = refine_batch(problem, np.repeat(theta_hat[None, :], n, 0), 1.0 - np.eye(n), xtol=RESAMPLE_XTOL)
     log_pred, _ = law.log_predict(thetas, law.x_)
     return np.exp(np.diag(log_pred))
