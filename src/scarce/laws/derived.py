@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from scarce.errors import ScarceError
-from scarce.laws.fit import fit_law, percentile_intervals
+from scarce.laws.fit import RESAMPLE_XTOL, Problem, fit_law, percentile_intervals, refine_batch
 from scarce.laws.forms import Law, PowerLaw, WithDataMultiplier
 
 
@@ -113,8 +113,10 @@ def tiered_asymptote(x: Mapping[str, Sequence[float]], y, levels: Sequence[str] 
             law = PowerLaw(variable=var)
             where = f"tiered asymptote, level {var!r}" + (f" at {dict(zip(rest, key))}" if rest else "")
             try:
+                # Each group resamples its own points independently (its own seed): groups are separate
+                # experiments, and shared draws would correlate their asymptotes at the next level.
                 fit_law(law, {var: table[var][rows]}, values[rows], loss=loss,
-                        bootstrap=bootstrap if samples is None else 0, level=level, seed=seed)
+                        bootstrap=bootstrap if samples is None else 0, level=level, seed=seed + len(laws[var]))
             except ScarceError as err:
                 raise ScarceError(f"{where}: {err}") from err
             if samples is None:
@@ -135,15 +137,16 @@ def tiered_asymptote(x: Mapping[str, Sequence[float]], y, levels: Sequence[str] 
 
 
 def _refit_each_draw(law: PowerLaw, x: np.ndarray, draws: np.ndarray, loss: str) -> np.ndarray:
-    """E refitted to each bootstrap draw of the level below (columns of draws), from the fitted optimum."""
-    out = np.empty(draws.shape[1])
-    for b in range(draws.shape[1]):
-        clone = PowerLaw(variable=law.variables[0])
-        try:
-            fit_law(clone, {law.variables[0]: x}, draws[:, b], loss=loss, start=law.params_)
-            out[b] = clone.params_["E"]
-        except ScarceError:  # a draw with a non-positive asymptote below: no estimate from it
-            out[b] = np.nan
+    """E refitted to each bootstrap draw of the level below (columns of draws), all draws at once from
+    the fitted optimum; NaN for a draw that has no estimate (a failed draw below, or no convergence)."""
+    usable = np.isfinite(draws).all(axis=0) & (draws > 0).all(axis=0)
+    out = np.full(draws.shape[1], np.nan)
+    if usable.any():
+        y = draws[:, usable].T  # one problem per draw
+        problem = Problem(law, {law.variables[0]: x}, y, loss)
+        theta = np.repeat(law.to_fitted(law.params_)[None, :], len(y), 0)
+        theta, ok, _ = refine_batch(problem, theta, np.ones_like(y), xtol=RESAMPLE_XTOL)
+        out[np.flatnonzero(usable)[ok]] = np.exp(theta[ok, law.param_names.index("E")])
     return out
 
 
