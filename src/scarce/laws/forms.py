@@ -145,9 +145,10 @@ class Law:
                 else np.broadcast_to(out.d, values.shape + out.d.shape[-1:])
         return values, grad
 
-    def validate_x(self, x: Mapping[str, np.ndarray]) -> None:
-        """Variables must be finite and > 0 (they enter through logarithms); forms relax this per variable."""
-        for name in self.variables:
+    def validate_x(self, x: Mapping[str, np.ndarray], names: tuple[str, ...] | None = None) -> None:
+        """Variables (`names`, default all) must be finite and > 0: they enter through logarithms. Forms
+        that allow other values check those variables themselves."""
+        for name in self.variables if names is None else names:
             bad = ~(np.isfinite(x[name]) & (x[name] > 0))
             if bad.any():
                 i = int(np.argmax(bad))
@@ -309,7 +310,7 @@ class SpecializationTransfer(Law):
 
     def validate_x(self, x):
         # Zero specialization tokens is the general model itself: a legitimate point.
-        super().validate_x({k: v for k, v in x.items() if k != "D_spec"})
+        super().validate_x(x, names=("N", "D"))
         bad = ~(np.isfinite(x["D_spec"]) & (x["D_spec"] >= 0))
         if bad.any():
             i = int(np.argmax(bad))
@@ -426,7 +427,8 @@ class CustomLaw(Law):
         super().__init__(**kw)
 
     def to_dict(self):
-        raise ScarceError(f"custom law {self.name!r} cannot be saved by name; rebuild it from its Python code")
+        # Recorded so a fit's JSON says what was fitted; rebuilding needs the user's Python code.
+        return {"name": self.name, "custom": True, "variables": list(self.variables), "formula": self.formula}
 
     def _call(self, params: dict, x) -> np.ndarray:
         try:
@@ -486,6 +488,9 @@ def get_law(name: str, **options) -> Law:
 
 def law_from_dict(spec: Mapping) -> Law:
     """Inverse of `Law.to_dict`, for laws saved in a fit's JSON."""
+    if spec.get("custom"):
+        raise ScarceError(f"custom law {spec.get('name')!r} cannot be rebuilt from its description; "
+                          f"build it again from its Python code (CustomLaw)")
     try:
         if "base" in spec:
             return WithDataMultiplier(law_from_dict(spec["base"]), spec["data_variable"], spec["indicator"],

@@ -124,8 +124,13 @@ def law_from_fit_json(path: Path) -> Law:
         raise ScarceError(f"fit file {path} is not JSON: {err}") from err
     if data.get("schema") != SCHEMA:
         raise ScarceError(f"fit file {path}: expected schema {SCHEMA!r}, found {data.get('schema')!r}")
-    law = law_from_dict(data["law"]["spec"])
-    law.params_ = {k: float(v["value"]) for k, v in data["parameters"].items()}
-    law.bootstrap_params_ = np.array(data["bootstrap"]["samples"], dtype=float).reshape(-1, len(law.param_names))
-    law.interval_level_ = float(data["fit"]["interval_level"])
+    try:
+        law = law_from_dict(data["law"]["spec"])
+        law.params_ = {k: float(v["value"]) for k, v in data["parameters"].items()}
+        law.bootstrap_params_ = np.array(data["bootstrap"]["samples"], dtype=float).reshape(-1, len(law.param_names))
+        law.interval_level_ = float(data["fit"]["interval_level"])
+        law.intervals_ = {k: tuple(v["interval"]) for k, v in data["parameters"].items() if v["interval"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ScarceError(f"fit file {path} is malformed ({type(err).__name__}: {err}); write it again with "
+                          f"`scarce fit --json`") from err
     return law
