@@ -197,11 +197,12 @@ def _compare(laws, x_values, y_values, holdout, options, bootstrap, mapping, y_c
 
 def laws():
     """List the scaling-law forms `scarce fit --law` accepts."""
-    table = Table("law", "variables", "parameters", "formula", "what")
+    # One block per law, not a table: formulas are long and a table column would cut them off.
     for name, cls in LAWS.items():
         law = cls()
-        table.add_row(name, ", ".join(law.variables), ", ".join(law.param_names), law.formula, cls.summary)
-    console.print(table)
+        console.print(f"[bold]{name}[/bold]  variables {', '.join(law.variables)};  "
+                      f"parameters {', '.join(law.param_names)}", highlight=False)
+        console.print(f"    {law.formula}\n    {cls.summary}", highlight=False)
     console.print("Custom forms: --law FILE.py:NAME, NAME a scarce.laws.CustomLaw defined in FILE.py.")
 
 
