@@ -173,7 +173,7 @@ def test_fewer_points_than_parameters_is_an_error():
 def test_nan_or_non_positive_loss_is_an_error(bad):
     x, y = _points()
     y[3] = bad
-    with pytest.raises(ScarceError, match="point 3 has loss"):
+    with pytest.raises(ScarceError, match=f"point 3 has loss {bad:.6g}$"):
         Chinchilla().fit(x, y)
 
 
@@ -217,3 +217,14 @@ def test_unknown_names_are_errors():
         SoftQ(fixed={"gama": 1})
     with pytest.raises(ScarceError, match="not fitted"):
         Chinchilla().predict({"N": [1e9], "D": [1e10]})
+
+
+def test_specialization_transfer_takes_zero_domain_tokens_but_not_negative():
+    law = SpecializationTransfer()
+    true = dict(E=1.7, A=400.0, alpha=0.34, B=600.0, beta=0.3, kappa=0.05, eta=0.9)
+    general = law.predict({"N": [1e8], "D": [1e10], "D_spec": [0.0]}, true)[0]
+    # With no domain tokens the general tokens alone count, as κ·D^η.
+    expected = 1.7 + 400 * 1e8 ** -0.34 + 600 * (0.05 * 1e10 ** 0.9) ** -0.3
+    assert general == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ScarceError, match="'D_spec' must be finite and >= 0; point 1 has -1$"):
+        law.predict({"N": [1e8, 1e8], "D": [1e10, 1e10], "D_spec": [0.0, -1.0]}, true)

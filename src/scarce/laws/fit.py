@@ -197,7 +197,7 @@ def check_points(law: Law, x: Mapping, y) -> tuple[dict[str, np.ndarray], np.nda
     bad = ~(np.isfinite(y) & (y > 0))
     if bad.any():
         i = int(np.argmax(bad))
-        raise ScarceError(f"{law.name}: loss values must be finite and > 0; point {i} has loss {y[i]!r}")
+        raise ScarceError(f"{law.name}: loss values must be finite and > 0; point {i} has loss {y[i]:.6g}")
     free = sum(1 for p in law.parameters if p.bounds[0] < p.bounds[1])
     if n < free:
         raise ScarceError(f"{law.name}: {n} points cannot determine {free} free parameters "

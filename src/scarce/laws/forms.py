@@ -149,11 +149,13 @@ class Law:
         """Variables (`names`, default all) must be finite and > 0: they enter through logarithms. Forms
         that allow other values check those variables themselves."""
         for name in self.variables if names is None else names:
-            bad = ~(np.isfinite(x[name]) & (x[name] > 0))
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise ScarceError(f"{self.name}: variable {name!r} must be finite and > 0; "
-                                  f"point {i} has {x[name][i]!r}")
+            self._require(x, name, np.isfinite(x[name]) & (x[name] > 0), "finite and > 0")
+
+    def _require(self, x: Mapping[str, np.ndarray], name: str, ok: np.ndarray, requirement: str) -> None:
+        """An error naming the variable, the first point where `ok` fails, and its value."""
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise ScarceError(f"{self.name}: variable {name!r} must be {requirement}; point {i} has {x[name][i]:.6g}")
 
     def check_x(self, x: Mapping[str, object]) -> dict[str, np.ndarray]:
         if not isinstance(x, Mapping):
@@ -283,10 +285,7 @@ class DataConstrained(Law):
 
     def validate_x(self, x):
         super().validate_x(x)
-        if (x["epochs"] < 1).any():
-            i = int(np.argmax(x["epochs"] < 1))
-            raise ScarceError(f"{self.name}: variable 'epochs' must be >= 1 (one pass over U); point {i} has "
-                              f"{x['epochs'][i]!r}")
+        self._require(x, "epochs", x["epochs"] >= 1, ">= 1 (one pass over U)")
 
     def _log_predict(self, p, x):
         e, a, alpha, b, beta, log_r_d = p[:6]
@@ -311,11 +310,7 @@ class SpecializationTransfer(Law):
     def validate_x(self, x):
         # Zero specialization tokens is the general model itself: a legitimate point.
         super().validate_x(x, names=("N", "D"))
-        bad = ~(np.isfinite(x["D_spec"]) & (x["D_spec"] >= 0))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ScarceError(f"{self.name}: variable 'D_spec' must be finite and >= 0; point {i} has "
-                              f"{x['D_spec'][i]!r}")
+        self._require(x, "D_spec", np.isfinite(x["D_spec"]) & (x["D_spec"] >= 0), "finite and >= 0")
 
     def _log_predict(self, p, x):
         e, a, alpha, b, beta, log_kappa, eta = p
