@@ -134,3 +134,7 @@ def main():
     except ScarceError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
         raise SystemExit(2)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node 2 -m scarce.cli train ...`
+    main()

@@ -6,15 +6,16 @@ from pathlib import Path
 import torch
 
 from scarce.config import RunConfig
-from scarce.data.store import prepare_store
+from scarce.data.store import TokenStore, prepare_store
 from scarce.errors import ScarceError
 from scarce.evals.perplexity import evaluate
 from scarce.model import Transformer, model_shape
 from scarce.train.checkpoint import load_latest_checkpoint
 
 
-def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, Path]:
-    """The run's config and its model with the newest intact checkpoint's weights, on the CPU."""
+def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, TokenStore, Path]:
+    """The run's config, its model with the newest intact checkpoint's weights (on the CPU), its token store
+    and the checkpoint's path."""
     run_dir = Path(run_dir)
     try:
         config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
@@ -27,12 +28,11 @@ def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, Path]:
     store = prepare_store(config.data.corpus, **config.data.store_options())
     model = Transformer(model_shape(vocab_size=store.vocab_size, **config.model.model_dump()))
     model.load_state_dict(model_state)
-    return config, model, path
+    return config, model, store, path
 
 
 def evaluate_run(run_dir: Path, eval_tokens: int | None = None) -> dict:
-    config, model, checkpoint = load_run_model(run_dir)
-    store = prepare_store(config.data.corpus, **config.data.store_options())
+    config, model, store, checkpoint = load_run_model(run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(
         model.to(device), store.val_tokens, store.val_bytes, config.model.seq_len, config.train.batch_size, device, eval_tokens

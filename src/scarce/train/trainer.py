@@ -189,6 +189,14 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
         runs.write_summary(run_dir, summary)
         runs.RunIndex(config.runs_dir).record(run_dir)
 
+    def diverged(what: str, step: int) -> None:
+        """Stop at `step` (the first bad one): mark the run diverged and name the newest checkpoint before it."""
+        if ctx.is_main:
+            finish("diverged", step - 1, time.perf_counter() - started, last_eval)
+        kept = load_latest_checkpoint(run_dir / "checkpoints", warn=lambda m: None)
+        where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint had been written yet"
+        raise ScarceError(f"{what} at step {step} of {run_dir}; stopped, {where}. Lower optim.lr or check the data.")
+
     if ctx.is_main:
         finish("running", loader.step, wall_offset, None)
         console.print(
@@ -242,15 +250,7 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                 dist.all_reduce(loss_sum)
             train_loss = loss_sum.item() / (global_rows * config.model.seq_len)
             if not math.isfinite(train_loss):
-                optimizer.zero_grad(set_to_none=True)
-                if ctx.is_main:
-                    finish("diverged", step - 1, time.perf_counter() - started, last_eval)
-                kept = load_latest_checkpoint(run_dir / "checkpoints", warn=lambda m: None) if ctx.is_main else None
-                where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint had been written yet"
-                raise ScarceError(
-                    f"training loss became {train_loss} at step {step} of {run_dir}; stopped, {where}. "
-                    "Lower optim.lr or check the data."
-                )
+                diverged(f"training loss became {train_loss}", step)
             if config.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
             optimizer.step()
@@ -290,6 +290,10 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                     info += f"  val {last_eval['val_loss']:.3f}"
                 bar.update(task, info=info)
             bar.update(task, completed=step)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step:
+                # an update can overflow the weights before the loss shows it; such a checkpoint is not good
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    diverged("the weights became non-finite", step)
             if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step) and ctx.is_main:
                 save_checkpoint(
                     run_dir / "checkpoints", step, model.state_dict(),

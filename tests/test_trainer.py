@@ -1,0 +1,169 @@
+"""The trainer end to end on micro models over a small KJV budget: metrics, summary, exact resume after a
+real kill, data parallel on 2 CPU processes, divergence, damaged checkpoints, budgets that cannot work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scarce import runs
+from scarce.config import resolve_config
+from scarce.errors import ScarceError
+from scarce.train.checkpoint import checkpoint_dirs, read_checkpoint
+from scarce.train.trainer import resume, train
+
+# 12,288 unique tokens in 32-token sequences: 383 sequences, 48 steps an epoch at batch 8
+MICRO = [
+    "model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=12288",
+    "data.eval_tokens=1024", "train.batch_size=8", "train.log_every=4",
+]
+
+
+def config(tmp_path, *overrides, name="run"):
+    return resolve_config({"name": name, "runs_dir": str(tmp_path / "runs")}, [*MICRO, *overrides])
+
+
+def final_weights(run_dir):
+    (newest, *_) = checkpoint_dirs(run_dir / "checkpoints")
+    return load_file(newest / "model.safetensors")
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_training_writes_metrics_summary_index_and_learns(tmp_path):
+    run_dir = train(config(tmp_path, "train.epochs=2", "train.eval_every=24"), progress=False)
+    summary = runs.read_summary(run_dir)
+    assert summary["status"] == "completed"
+    assert summary["unique_tokens"] == 12288 and summary["epochs"] == 2 and summary["epochs_completed"] == 2
+    sequences = (12288 - 1) // 32
+    assert summary["tokens_seen"] == 2 * sequences * 32
+    assert summary["flops"] == summary["flops_per_token"] * summary["tokens_seen"]
+    assert summary["params"] > summary["non_embedding_params"] > 0
+    assert summary["best_val_loss"] <= summary["final_val_loss"] < 6.0  # ln(512) = 6.24 is a uniform guess
+    metrics = runs.read_metrics(run_dir)
+    evals = [r for r in metrics if "val_loss" in r]
+    assert [r["step"] for r in evals] == [24, 48, 72, summary["steps"]][: len(evals)] and evals[-1]["step"] == summary["steps"]
+    assert metrics[0]["train_loss"] > metrics[-1]["train_loss"]
+    assert all(r["tokens_per_second"] > 0 and 0 <= r["loader_fraction"] < 1 for r in metrics if "tokens_per_second" in r)
+    (row,) = runs.load_runs_table(tmp_path / "runs")
+    assert row["run_id"] == run_dir.name and row["final_val_loss"] == summary["final_val_loss"]
+
+
+def test_same_seed_same_weights_other_data_seed_other_weights(tmp_path):
+    a = final_weights(train(config(tmp_path, name="a"), progress=False))
+    b = final_weights(train(config(tmp_path, name="b"), progress=False))
+    c = final_weights(train(config(tmp_path, "train.data_seed=1", name="c"), progress=False))
+    assert_same_weights(a, b)
+    assert not torch.equal(a["head.weight"], c["head.weight"])
+
+
+def _scarce(*args, cwd):
+    return [sys.executable, "-m", "scarce.cli", *args]
+
+
+def test_run_killed_mid_way_and_resumed_ends_with_identical_weights(tmp_path):
+    overrides = [*MICRO, "train.epochs=4", "train.checkpoint_every=8", "train.keep_checkpoints=3"]
+    args = lambda name: ["train", f"name={name}", f"runs_dir={tmp_path / 'runs'}", *overrides, "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "scarce.cli", *args("whole")], env=env, check=True, capture_output=True)
+
+    killed = subprocess.Popen([sys.executable, "-m", "scarce.cli", *args("killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed.poll() is None:
+        found = list((tmp_path / "runs").glob("killed-*/checkpoints/step_00000016"))
+        if found:
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert killed.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    (run_dir,) = (tmp_path / "runs").glob("killed-*")
+    assert runs.read_summary(run_dir)["status"] == "running"
+    assert len(checkpoint_dirs(run_dir / "checkpoints")) < 3 + 1
+
+    subprocess.run([sys.executable, "-m", "scarce.cli", "train", "--resume", str(run_dir), "--no-progress"],
+                   env=env, check=True, capture_output=True)
+    (whole,) = (tmp_path / "runs").glob("whole-*")
+    assert_same_weights(final_weights(whole), final_weights(run_dir))
+    resumed, uninterrupted = runs.read_summary(run_dir), runs.read_summary(whole)
+    assert resumed["status"] == "completed" and resumed["final_val_loss"] == uninterrupted["final_val_loss"]
+    steps = [r["step"] for r in runs.read_metrics(run_dir)]
+    assert steps == sorted(set(steps)) == [r["step"] for r in runs.read_metrics(whole)]
+
+
+def test_two_process_data_parallel_matches_one_process(tmp_path):
+    overrides = [*MICRO, "train.epochs=1", "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "scarce.cli", "train", "name=ddp", f"runs_dir={tmp_path / 'runs'}", *overrides, "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ddp,) = (tmp_path / "runs").glob("ddp-*")
+    single = train(config(tmp_path, "train.epochs=1", name="single"), progress=False)
+    summary = runs.read_summary(ddp)
+    assert summary["device"] == "cpu x2" and summary["status"] == "completed"
+    assert summary["tokens_seen"] == runs.read_summary(single)["tokens_seen"]
+    assert summary["final_val_loss"] == pytest.approx(runs.read_summary(single)["final_val_loss"], abs=1e-4)
+    a, b = final_weights(ddp), final_weights(single)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("checkpoint_every,message", [
+    (1, r"(training loss became (nan|inf)|the weights became non-finite) at step \d+ .*"
+        r"last good checkpoint is .*step_0000000\d"),
+    (0, r"training loss became (nan|inf) at step \d+ .*no checkpoint had been written yet"),
+])
+def test_divergence_stops_and_names_the_last_good_checkpoint(tmp_path, checkpoint_every, message):
+    cfg = config(tmp_path, "train.epochs=4", "optim.lr=1e6", "optim.grad_clip=0", "optim.warmup_fraction=0",
+                 f"train.checkpoint_every={checkpoint_every}")
+    with pytest.raises(ScarceError, match=message):
+        train(cfg, progress=False)
+    (run_dir,) = (tmp_path / "runs").glob("run-*")
+    assert runs.read_summary(run_dir)["status"] == "diverged"
+    for path in checkpoint_dirs(run_dir / "checkpoints"):
+        model_state, _ = read_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in model_state.values())
+
+
+def test_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
+    run_dir = train(config(tmp_path, "train.checkpoint_every=16", "train.keep_checkpoints=3"), progress=False)
+    newest, previous, _ = checkpoint_dirs(run_dir / "checkpoints")
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ScarceError, match=f"{weights}.*truncated"):
+        read_checkpoint(newest)
+
+    resume(run_dir, progress=False)
+    assert f"{weights}" in capsys.readouterr().err.replace("\n", "")
+    assert runs.read_summary(run_dir)["status"] == "completed"
+    read_checkpoint(checkpoint_dirs(run_dir / "checkpoints")[0])  # the re-done last step is whole again
+
+    for path in checkpoint_dirs(run_dir / "checkpoints"):
+        state = path / "state.pt"
+        state.write_bytes(b"x" + state.read_bytes()[1:])  # corrupt, same size
+    with pytest.raises(ScarceError, match="(?s)no intact checkpoint.*state.pt is corrupt"):
+        resume(run_dir, progress=False)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.unique_tokens=10000000000"], "unique_tokens=10000000000 exceeds the .* training tokens"),
+    (["model.seq_len=20000"], "model.seq_len=20000 needs at least 20001 tokens"),
+    (["train.batch_size=6", "train.grad_accum=4"], "batch_size=6 must be divisible by train.grad_accum=4"),
+])
+def test_impossible_budgets_are_errors_and_write_no_run(tmp_path, overrides, message):
+    with pytest.raises(ScarceError, match=message):
+        train(config(tmp_path, *overrides), progress=False)
+    assert not list((tmp_path / "runs").glob("run-*"))
