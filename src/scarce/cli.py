@@ -64,7 +64,7 @@ def train(
     from scarce.train.trainer import train as train_run
 
     overrides = list(overrides or [])
-    if config is not None and "=" in config.name and not config.exists():  # `scarce train model.size=micro`
+    if config is not None and "=" in str(config) and not config.exists():  # `scarce train model.size=micro`
         config, overrides = None, [str(config), *overrides]
     if resume is not None:
         if config is not None or overrides:

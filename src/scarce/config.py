@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scarce.errors import ScarceError
 
@@ -42,6 +42,15 @@ class ModelConfig(Section):
     ffn_hidden: int | None = Field(None, ge=1)
     qk_norm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: str) -> str:
+        from scarce.model import SIZES  # here, so reading a config does not import torch
+
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        return size
 
 
 class OptimConfig(Section):

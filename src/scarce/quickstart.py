@@ -19,7 +19,7 @@ FULL = {
     "epochs": (1, 4, 16),
     "weight_decays": (0.1, 1.0),
     "base": {
-        "data": {"corpus": "kjv", "vocab_size": 4096, "unique_tokens": 100_000, "eval_tokens": 32_768},
+        "data": {"corpus": "kjv", "vocab_size": 4096, "unique_tokens": 50_000, "eval_tokens": 16_384},
         "model": {"size": "tiny", "seq_len": 128},
         "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_fraction": 0.02},
         "train": {"batch_size": 16},
