@@ -14,6 +14,14 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide results from other users
+_DIR_MODE = 0o777 & ~_umask()
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh hidden directory under `parent` to build in and rename into place, with mkdir's usual mode."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    path.chmod(_DIR_MODE)
+    return path
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

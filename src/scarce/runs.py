@@ -15,7 +15,6 @@ import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 from rich.table import Table
 
-from scarce.atomic import write_bytes_atomic
+from scarce.atomic import make_temp_dir, write_bytes_atomic
 from scarce.errors import ScarceError
 
 INDEX_FILE = "index.sqlite"
@@ -97,7 +96,7 @@ def create_run_dir(runs_dir: Path, name: str, config: dict) -> Path:
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     config_bytes = _json_bytes(config, f"{CONFIG_FILE} for run {name!r}")
-    tmp = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".new-run-", suffix=".tmp"))
+    tmp = make_temp_dir(runs_dir, ".new-run-")
     try:
         write_bytes_atomic(tmp / CONFIG_FILE, config_bytes)
         (tmp / CHECKPOINTS_DIR).mkdir()

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from scarce.atomic import write_json_atomic
+from scarce.atomic import make_temp_dir, write_json_atomic
 from scarce.data.corpora import corpus_fingerprint, corpus_name, load_documents
 from scarce.data.tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
 from scarce.errors import ScarceError
@@ -172,7 +171,7 @@ def prepare_store(
     dtype = token_dtype(tok.vocab_size)
 
     root.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.building-"))
+    building = make_temp_dir(root, f".{target.name}.building-")
     try:
         columns = (TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
