@@ -107,3 +107,11 @@ def test_quickstart_quick_trains_the_grid_prints_the_table_and_plots(tmp_path):
     rows = runs.load_runs_table(tmp_path)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     assert (tmp_path / "quickstart-loss-curves.png").stat().st_size > 10_000
+
+
+def test_sizes_lists_the_ladder_with_parameter_counts():
+    from scarce.model import model_shape
+
+    output = invoke("sizes", "--vocab-size", 50258).output
+    assert "micro" in output and "72m" in output
+    assert f"{model_shape('72m', vocab_size=50258).non_embedding_params():,}" in output

@@ -74,6 +74,24 @@ def train(
         train_run(load_config(config, overrides), progress=progress)
 
 
+@app.command()
+def sizes(
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary (GPT-2's is 50258 with the mask token)")] = 8192,
+    seq_len: Annotated[int, typer.Option(help="Context length, for attention FLOPs")] = 256,
+):
+    """The model size ladder: shape, total and non-embedding parameters, training FLOPs per token."""
+    from scarce.model import SIZES, model_shape
+
+    table = Table("size", "layers × d_model", "heads", "params", "non-embedding", "train FLOPs/token")
+    for name in SIZES:
+        shape = model_shape(name, vocab_size=vocab_size, seq_len=seq_len)
+        table.add_row(
+            name, f"{shape.n_layers} × {shape.d_model}", str(shape.n_heads), f"{shape.total_params():,}",
+            f"{shape.non_embedding_params():,}", f"{shape.train_flops_per_token():.3g}",
+        )
+    console.print(table)
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory")],

@@ -5,7 +5,7 @@ embeddings, no biases, causal attention through scaled_dot_product_attention, dr
 output (the MIR recipe uses 0.1).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -175,15 +175,3 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.head(self.norm(x)).float()
-
-
-def describe(shape: ModelShape) -> dict:
-    return {
-        **asdict(shape),
-        "params": shape.total_params(),
-        "non_embedding_params": shape.non_embedding_params(),
-        "train_flops_per_token": shape.train_flops_per_token(),
-    }
-
-
-
