@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from scarce import runs
 from scarce.config import resolve_config
-from scarce.model import model_shape
+from scarce.model import Transformer, model_shape
+from scarce.train.optim import build_optimizer
 from scarce.train.trainer import train
 
 
@@ -33,6 +35,27 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def plain_loop_tokens_per_second(shape, config, batch_size: int, steps: int = 8) -> float:
+    """The same model and optimizer in a bare loop on random tokens: what the trainer's overhead is measured against."""
+    model = Transformer(shape)
+    optimizer = build_optimizer(model, config.optim)
+    batch = torch.randint(0, shape.vocab_size, (batch_size, shape.seq_len + 1))
+
+    def step():
+        logits = model(batch[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size * shape.seq_len / (time.perf_counter() - start)
 
 
 def cpu_model() -> str:
@@ -64,11 +87,15 @@ def main():
                 "train": {"batch_size": batch_size, "epochs": 1, "log_every": 10, "device": args.device},
             }
         )
-        matmul_rate = matmul_flops_per_second()
+        # this machine's matmul rate drifts by ±20% over minutes: measure it on both sides of the run
+        matmul_before = matmul_flops_per_second()
         run_dir = train(config, progress=False)
+        matmul_after = matmul_flops_per_second()
         windows = [r for r in runs.read_metrics(run_dir) if "tokens_per_second" in r][1:]  # first window warms up
         device = runs.read_summary(run_dir)["device"]
     shape = model_shape(vocab_size=4096, **config.model.model_dump())
+    matmul_rate = (matmul_before + matmul_after) / 2
+    plain = plain_loop_tokens_per_second(shape, config, batch_size)
     tokens_per_second = statistics.median(r["tokens_per_second"] for r in windows)
     matmul_params = shape.non_embedding_params() + shape.vocab_size * shape.d_model
     result = {
@@ -77,7 +104,10 @@ def main():
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "matmul_params": matmul_params,
         "tokens_per_second": tokens_per_second,
+        "plain_loop_tokens_per_second": plain,
+        "trainer_vs_plain_loop": tokens_per_second / plain,
         "fp32_matmul_flops_per_second": matmul_rate,
+        "fp32_matmul_flops_per_second_before_after": [matmul_before, matmul_after],
         "mfu_6n": 6 * matmul_params * tokens_per_second / matmul_rate,
         "mfu_with_attention": shape.train_flops_per_token() * tokens_per_second / matmul_rate,
         "loader_fraction_of_step_time": statistics.median(r["loader_fraction"] for r in windows),
