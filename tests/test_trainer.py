@@ -67,8 +67,11 @@ def test_same_seed_same_weights_other_data_seed_other_weights(tmp_path):
     assert not torch.equal(a["head.weight"], c["head.weight"])
 
 
-def _scarce(*args, cwd):
-    return [sys.executable, "-m", "scarce.cli", *args]
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    whole = final_weights(train(config(tmp_path, name="whole"), progress=False))
+    accumulated = final_weights(train(config(tmp_path, "train.grad_accum=4", name="accum"), progress=False))
+    for key in whole:
+        torch.testing.assert_close(accumulated[key], whole[key], atol=1e-5, rtol=1e-4)
 
 
 def test_run_killed_mid_way_and_resumed_ends_with_identical_weights(tmp_path):

@@ -77,7 +77,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
             raise ScarceError(f"checkpoint file {path / name} is corrupt: its SHA-256 does not match the manifest")
         blobs[name] = blob
     model_state = load_safetensors(blobs["model.safetensors"])
-    state = torch.load(io.BytesIO(blobs["state.pt"]), weights_only=False)
+    state = torch.load(io.BytesIO(blobs["state.pt"]), weights_only=True)
     return model_state, state
 
 
