@@ -1,5 +1,6 @@
 """Plots and tables people look at."""
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,8 +12,7 @@ from scarce.atomic import write_bytes_atomic  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    import io
-
+    """Write the figure atomically (a reader never sees half a PNG) and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=130, bbox_inches="tight")
     plt.close(fig)

@@ -16,9 +16,8 @@ def plot_fit(law: Law, x: Mapping[str, np.ndarray], y: np.ndarray, path: Path, a
     """Left: loss against `along` (default: the law's first variable), one curve per combination of the
     other variables, drawn past the largest point to show the extrapolation, with the asymptote E as a
     dashed line. Right: observed against predicted loss."""
-    import matplotlib
+    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     along = along or law.variables[0]
@@ -69,7 +68,4 @@ def plot_fit(law: Law, x: Mapping[str, np.ndarray], y: np.ndarray, path: Path, a
     ax2.set_ylabel("observed loss")
     ax2.set_title(f"{law.name}: RMSE(log loss) = {law.report_.rmse_log:.3g}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
