@@ -1,7 +1,6 @@
 """The trainer end to end on micro models over a small KJV budget: metrics, summary, exact resume after a
 real kill, data parallel on 2 CPU processes, divergence, damaged checkpoints, budgets that cannot work."""
 
-import json
 import os
 import signal
 import subprocess

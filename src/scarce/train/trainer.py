@@ -9,8 +9,8 @@ import json
 import math
 import os
 import subprocess
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
