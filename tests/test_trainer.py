@@ -169,3 +169,18 @@ def test_impossible_budgets_are_errors_and_write_no_run(tmp_path, overrides, mes
     with pytest.raises(ScarceError, match=message):
         train(config(tmp_path, *overrides), progress=False)
     assert not list((tmp_path / "runs").glob("run-*"))
+
+
+def test_a_run_that_crashes_is_marked_failed_not_left_running(tmp_path, monkeypatch):
+    import scarce.train.trainer as trainer
+
+    def broken_evaluate(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(trainer, "evaluate", broken_evaluate)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(config(tmp_path, "train.eval_every=8"), progress=False)
+    (run_dir,) = (tmp_path / "runs").glob("run-*")
+    assert runs.read_summary(run_dir)["status"] == "failed"
+    (row,) = runs.load_runs_table(tmp_path / "runs")
+    assert row["status"] == "failed" and row["steps"] == 8

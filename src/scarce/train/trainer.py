@@ -219,87 +219,92 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
     last_eval, window_tokens, window_start, window_loader_seconds = None, 0, time.perf_counter(), 0.0
     model.train()
     batches = iter(loader)
-    with bar:
-        while True:
-            fetch_start = time.perf_counter()
-            batch, global_rows = next(batches, (None, 0))
-            if batch is None:
-                break
-            window_loader_seconds += time.perf_counter() - fetch_start
-            step = loader.step  # steps done once this one finishes
-            lr = lr_at(step - 1, loader.steps, config.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = batch.to(device, non_blocking=True)
-            # each rank's loss is scaled so the DDP gradient average is the mean over the global batch's tokens
-            scale = ctx.world_size / (global_rows * config.model.seq_len)
-            micro_batches = batch.split(rows_per_micro) if len(batch) else [batch]
-            loss_sum = torch.zeros((), device=device)
-            for i, micro in enumerate(micro_batches):
-                sync = i == len(micro_batches) - 1 or ctx.world_size == 1
-                with wrapped.no_sync() if not sync else nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        if len(micro):
-                            logits = wrapped(micro[:, :-1])
-                            loss = F.cross_entropy(logits.flatten(0, 1), micro[:, 1:].flatten(), reduction="sum")
-                        else:  # a short last batch left this rank nothing; it still joins the gradient all-reduce
-                            loss = sum(p.sum() for p in model.parameters()) * 0.0
-                    (loss * scale).backward()
-                loss_sum += loss.detach()
-            if ctx.world_size > 1:
-                dist.all_reduce(loss_sum)
-            train_loss = loss_sum.item() / (global_rows * config.model.seq_len)
-            if not math.isfinite(train_loss):
-                diverged(f"training loss became {train_loss}", step)
-            if config.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    try:
+        with bar:
+            while True:
+                fetch_start = time.perf_counter()
+                batch, global_rows = next(batches, (None, 0))
+                if batch is None:
+                    break
+                window_loader_seconds += time.perf_counter() - fetch_start
+                step = loader.step  # steps done once this one finishes
+                lr = lr_at(step - 1, loader.steps, config.optim)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = batch.to(device, non_blocking=True)
+                # each rank's loss is scaled so the DDP gradient average is the mean over the global batch's tokens
+                scale = ctx.world_size / (global_rows * config.model.seq_len)
+                micro_batches = batch.split(rows_per_micro) if len(batch) else [batch]
+                loss_sum = torch.zeros((), device=device)
+                for i, micro in enumerate(micro_batches):
+                    sync = i == len(micro_batches) - 1 or ctx.world_size == 1
+                    with wrapped.no_sync() if not sync else nullcontext():
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                            if len(micro):
+                                logits = wrapped(micro[:, :-1])
+                                loss = F.cross_entropy(logits.flatten(0, 1), micro[:, 1:].flatten(), reduction="sum")
+                            else:  # a short last batch left this rank nothing; it still joins the gradient all-reduce
+                                loss = sum(p.sum() for p in model.parameters()) * 0.0
+                        (loss * scale).backward()
+                    loss_sum += loss.detach()
+                if ctx.world_size > 1:
+                    dist.all_reduce(loss_sum)
+                train_loss = loss_sum.item() / (global_rows * config.model.seq_len)
+                if not math.isfinite(train_loss):
+                    diverged(f"training loss became {train_loss}", step)
+                if config.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            window_tokens += global_rows * config.model.seq_len
-            last_step = step == loader.steps
-            record = None
-            if step % cfg.log_every == 0 or last_step:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": step,
-                    "train_loss": train_loss,
-                    "lr": lr,
-                    "tokens_seen": loader.tokens_seen(step),
-                    "unique_tokens": unique_tokens,
-                    "epochs_completed": loader.epochs_completed(step),
-                    "tokens_per_second": window_tokens / elapsed,
-                    "loader_fraction": window_loader_seconds / elapsed,  # share of step time spent fetching batches
-                }
-                window_tokens, window_start, window_loader_seconds = 0, time.perf_counter(), 0.0
-            pause_start = time.perf_counter()  # evaluation and checkpoints stay out of tokens/s
-            if (cfg.eval_every and step % cfg.eval_every == 0) or last_step:
-                last_eval = evaluate(
-                    model, store.val_tokens, store.val_bytes, config.model.seq_len, cfg.batch_size, device,
-                    data.eval_tokens, ctx.rank, ctx.world_size,
-                )
-                best_val_loss = min(best_val_loss, last_eval["val_loss"])
-                record = {**(record or {"step": step}), **last_eval}
-            if record and ctx.is_main:
-                record["wall_seconds"] = time.perf_counter() - started
-                runs.append_metrics(run_dir, record)
-                info = f"loss {train_loss:.3f}"
-                if "tokens_per_second" in record:
-                    info += f"  {record['tokens_per_second']:,.0f} tok/s"
-                if last_eval:
-                    info += f"  val {last_eval['val_loss']:.3f}"
-                bar.update(task, info=info)
-            bar.update(task, completed=step)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step:
-                # an update can overflow the weights before the loss shows it; such a checkpoint is not good
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
-                    diverged("the weights became non-finite", step)
-            if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step) and ctx.is_main:
-                save_checkpoint(
-                    run_dir / "checkpoints", step, model.state_dict(),
-                    checkpoint_state(step, time.perf_counter() - started), cfg.keep_checkpoints,
-                )
-            window_start += time.perf_counter() - pause_start
+                window_tokens += global_rows * config.model.seq_len
+                last_step = step == loader.steps
+                record = None
+                if step % cfg.log_every == 0 or last_step:
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "step": step,
+                        "train_loss": train_loss,
+                        "lr": lr,
+                        "tokens_seen": loader.tokens_seen(step),
+                        "unique_tokens": unique_tokens,
+                        "epochs_completed": loader.epochs_completed(step),
+                        "tokens_per_second": window_tokens / elapsed,
+                        "loader_fraction": window_loader_seconds / elapsed,  # share of step time spent fetching batches
+                    }
+                    window_tokens, window_start, window_loader_seconds = 0, time.perf_counter(), 0.0
+                pause_start = time.perf_counter()  # evaluation and checkpoints stay out of tokens/s
+                if (cfg.eval_every and step % cfg.eval_every == 0) or last_step:
+                    last_eval = evaluate(
+                        model, store.val_tokens, store.val_bytes, config.model.seq_len, cfg.batch_size, device,
+                        data.eval_tokens, ctx.rank, ctx.world_size,
+                    )
+                    best_val_loss = min(best_val_loss, last_eval["val_loss"])
+                    record = {**(record or {"step": step}), **last_eval}
+                if record and ctx.is_main:
+                    record["wall_seconds"] = time.perf_counter() - started
+                    runs.append_metrics(run_dir, record)
+                    info = f"loss {train_loss:.3f}"
+                    if "tokens_per_second" in record:
+                        info += f"  {record['tokens_per_second']:,.0f} tok/s"
+                    if last_eval:
+                        info += f"  val {last_eval['val_loss']:.3f}"
+                    bar.update(task, info=info)
+                bar.update(task, completed=step)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step:
+                    # an update can overflow the weights before the loss shows it; such a checkpoint is not good
+                    if not all(torch.isfinite(p).all() for p in model.parameters()):
+                        diverged("the weights became non-finite", step)
+                if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step) and ctx.is_main:
+                    save_checkpoint(
+                        run_dir / "checkpoints", step, model.state_dict(),
+                        checkpoint_state(step, time.perf_counter() - started), cfg.keep_checkpoints,
+                    )
+                window_start += time.perf_counter() - pause_start
+    except BaseException:  # an error or Ctrl-C: the index should not show the run as still running
+        if ctx.is_main and summary["status"] == "running":
+            finish("failed", loader.step, time.perf_counter() - started, last_eval)
+        raise
 
     if ctx.is_main:
         finish("completed", loader.step, time.perf_counter() - started, last_eval)
