@@ -54,25 +54,18 @@ def run_quickstart(runs_dir: Path, quick: bool = False, console: Console | None 
         config.train.eval_every = config.train.log_every = max(1, steps // 12)
         run_dirs.append(train(config))
 
-    summaries = {d: runs.read_summary(d) for d in run_dirs}
+    summaries = {(c.optim.weight_decay, c.train.epochs): runs.read_summary(d) for c, d in zip(configs, run_dirs)}
     table = Table(title=f"validation loss (nats/token) on KJV, {configs[0].data.unique_tokens:,} unique tokens")
     table.add_column("weight decay")
     for epochs in grid["epochs"]:
         table.add_column(f"{epochs} epochs", justify="right")
     for weight_decay in grid["weight_decays"]:
-        cells = []
-        for epochs in grid["epochs"]:
-            (summary,) = [
-                s for d, s in summaries.items()
-                if s["epochs"] == epochs and runs.read_config(d)["optim"]["weight_decay"] == weight_decay
-            ]
-            cells.append(f"{summary['final_val_loss']:.3f} (best {summary['best_val_loss']:.3f})")
-        table.add_row(str(weight_decay), *cells)
+        cells = [summaries[weight_decay, epochs] for epochs in grid["epochs"]]
+        table.add_row(str(weight_decay), *(f"{s['final_val_loss']:.3f} (best {s['best_val_loss']:.3f})" for s in cells))
     console.print(table)
 
     curves = {
-        f"{s['epochs']} ep, wd {runs.read_config(d)['optim']['weight_decay']}": runs.read_metrics(d)
-        for d, s in summaries.items()
+        f"{c.train.epochs} ep, wd {c.optim.weight_decay}": runs.read_metrics(d) for c, d in zip(configs, run_dirs)
     }
     plot = plot_loss_curves(curves, Path(runs_dir) / "quickstart-loss-curves.png", title="KJV: epochs × weight decay")
     console.print(

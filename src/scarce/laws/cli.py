@@ -177,7 +177,7 @@ def fit(
 
 def _compare(laws, x_values, y_values, holdout, options, bootstrap, mapping, y_column, source, where, best,
              json_out):
-    rows = compare_laws(laws, x_values, y_values, holdout=holdout, **options)
+    rows = compare_laws(laws, x_values, y_values, holdout=holdout, bootstrap=bootstrap if json_out else 0, **options)
     table = Table("law", "points", "fit RMSE", "leave-one-out RMSE", f"extrapolation RMSE (largest {holdout})",
                   title="RMSE of log loss")
     for row in rows:
@@ -185,12 +185,9 @@ def _compare(laws, x_values, y_values, holdout, options, bootstrap, mapping, y_c
         table.add_row(row.law, str(row.n_points), f"{row.fit_rmse_log:.4g}", f"{row.loo_rmse_log:.4g}", extra)
     console.print(table)
     if json_out:
-        fits = []
-        for built in laws:
-            fitted = fit_law(built, x_values, y_values, bootstrap=bootstrap, **options)
-            fits.append(fit_to_json(fitted, columns={v: mapping[v] for v in fitted.variables}, y_column=y_column,
-                                    source=source, filters=where or [], best=best,
-                                    derived={"asymptote": asymptote(fitted)}))
+        fits = [fit_to_json(row.fitted, columns={v: mapping[v] for v in row.fitted.variables}, y_column=y_column,
+                            source=source, filters=where or [], best=best,
+                            derived={"asymptote": asymptote(row.fitted)}) for row in rows]
         write_json({"schema": "scarce.compare/1", "fits": fits, "comparison": [r.to_dict() for r in rows]}, json_out)
         console.print(f"wrote {json_out}")
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,9 +22,10 @@ class Comparison:
     extrapolation_rmse_log: float | None
     extrapolation_points: int
     holdout: str
+    fitted: Law = field(repr=False, compare=False)  # the law fitted to all points
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fitted"}
 
 
 def _rmse_log(predicted: np.ndarray, observed: np.ndarray) -> float:
@@ -36,9 +37,9 @@ def _subset(x: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarr
 
 
 def compare_laws(laws: Sequence[Law], x: Mapping[str, Sequence[float]], y, *, holdout: str = "N",
-                 loss: str = "huber", **fit_options) -> list[Comparison]:
-    """Fit every law to all points, then score it by leave-one-out and by extrapolation to the points
-    with the largest `holdout` value (a variable name present in x).
+                 loss: str = "huber", bootstrap: int = 0, **fit_options) -> list[Comparison]:
+    """Fit every law to all points (with `bootstrap` resamples for its intervals), then score it by
+    leave-one-out and by extrapolation to the points with the largest `holdout` value (a variable in x).
 
     Leave-one-out refits start from the all-points optimum rather than repeating the grid search: one
     point moves the optimum a little, and this keeps n refits cheap. The extrapolation fit repeats the
@@ -48,7 +49,7 @@ def compare_laws(laws: Sequence[Law], x: Mapping[str, Sequence[float]], y, *, ho
     rows = []
     for template in laws:
         law = law_copy(template)
-        fit_law(law, x, y, loss=loss, **fit_options)
+        fit_law(law, x, y, loss=loss, bootstrap=bootstrap, **fit_options)
         n = len(y)
         loo = _leave_one_out_predictions(law)
         extrapolation, n_held = None, 0
@@ -64,7 +65,7 @@ def compare_laws(laws: Sequence[Law], x: Mapping[str, Sequence[float]], y, *, ho
         else:
             raise ScarceError(f"compare: holdout variable {holdout!r} is not among the columns {', '.join(x)}")
         rows.append(Comparison(law.name, n, _rmse_log(law.predict(x), y), _rmse_log(loo, y), extrapolation,
-                               n_held, holdout))
+                               n_held, holdout, law))
     return rows
 
 

@@ -96,7 +96,7 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
 
 
 def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
-    ctx = setup_distributed("cuda" if pick_device(config.train.device, 0).type == "cuda" else "cpu")
+    ctx = setup_distributed(pick_device(config.train.device, 0).type)
     device = pick_device(config.train.device, ctx.local_rank)
     console = Console(stderr=True, quiet=not ctx.is_main)
     torch.manual_seed(config.train.seed)
@@ -295,11 +295,11 @@ def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
                     # an update can overflow the weights before the loss shows it; such a checkpoint is not good
                     if not all(torch.isfinite(p).all() for p in model.parameters()):
                         diverged("the weights became non-finite", step)
-                if ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step) and ctx.is_main:
-                    save_checkpoint(
-                        run_dir / "checkpoints", step, model.state_dict(),
-                        checkpoint_state(step, time.perf_counter() - started), cfg.keep_checkpoints,
-                    )
+                    if ctx.is_main:
+                        save_checkpoint(
+                            run_dir / "checkpoints", step, model.state_dict(),
+                            checkpoint_state(step, time.perf_counter() - started), cfg.keep_checkpoints,
+                        )
                 window_start += time.perf_counter() - pause_start
     except BaseException:  # an error or Ctrl-C: the index should not show the run as still running
         if ctx.is_main and summary["status"] == "running":
