@@ -27,6 +27,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from scarce.atomic import write_bytes_atomic
 from scarce.errors import ScarceError
 from scarce.laws.derived import Estimate
 from scarce.laws.forms import Law, law_from_dict
@@ -110,7 +111,8 @@ def fit_to_json(law: Law, *, columns: Mapping[str, str], y_column: str, source: 
 
 
 def write_json(data: dict, path: Path) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    """Strict JSON (no NaN), written atomically: a plan never reads half a fit."""
+    write_bytes_atomic(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 
 def law_from_fit_json(path: Path) -> Law:
