@@ -16,7 +16,7 @@ import math
 import os
 import subprocess
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,7 +167,8 @@ def _stand_in(empty: Batch) -> Batch:
 
 def train(config: RunConfig, progress: bool = True) -> Path:
     """Start a new run from `config`; returns the run directory."""
-    return _run(config, run_dir=None, progress=progress)
+    with _ordered_kernels(config):
+        return _run(config, run_dir=None, progress=progress)
 
 
 def resume(run_dir: Path, progress: bool = True) -> Path:
@@ -182,7 +183,33 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
         raise ScarceError(
             f"{run_dir} is already complete (final val loss {summary.get('final_val_loss')}); nothing to resume"
         )
-    return _run(RunConfig.model_validate(saved), run_dir=run_dir, progress=progress)
+    config = RunConfig.model_validate(saved)
+    with _ordered_kernels(config):
+        return _run(config, run_dir=run_dir, progress=progress)
+
+
+@contextmanager
+def _ordered_kernels(config: RunConfig):
+    """Compiled CPU training runs in torch's deterministic mode; the caller's mode is restored afterwards.
+
+    Inductor's CPU kernel for a scatter-add (the embedding's backward) accumulates with atomic adds in an
+    order that varies from run to run, so two identical compiled runs drift apart by ulps from the first
+    step. In deterministic mode inductor lowers it to torch's ordered kernel instead, and a compiled CPU
+    run reproduces, and resumes, bit-exactly (tested). Eager CPU kernels are ordered already; on CUDA
+    the mode would cost speed and compiled runs stay reproducible only to float tolerance.
+    """
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    device = pick_device(config.train.device, 0)
+    if device.type == "cpu" and _compiles(config.train, device):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _compiles(cfg, device: torch.device) -> bool:
+    return cfg.compile is True or (cfg.compile == "auto" and COMPILE_BY_DEVICE[device.type])
 
 
 def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
@@ -261,7 +288,7 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
     wrapped = model
-    if cfg.compile is True or (cfg.compile == "auto" and COMPILE_BY_DEVICE[device.type]):
+    if _compiles(cfg, device):
         wrapped = torch.compile(model)
     if ctx.world_size > 1:  # the only buffers are RoPE tables, equal everywhere: no per-forward broadcast
         wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, broadcast_buffers=False)
