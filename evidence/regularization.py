@@ -5,9 +5,10 @@ At two unique-token budgets D, on the embedded corpus (KJV), with the learning r
    best of that column), two seeds;
 2. locally tuned weight decay and epochs: grid coordinate descent (scarce.studies.tune.coordinate_descent)
    over WEIGHT_DECAYS × EPOCHS from the baseline's best setting, on seed 0;
-3. the tuned weight decay's column over every epoch count, both seeds, so the two recipes' loss-vs-epochs
-   curves can be compared: does the tuned one keep improving (or stay flat) where weight decay 0.1
-   turns back up?
+3. the tuned weight decay's column and the grid's strongest weight decay's column over every epoch count,
+   both seeds, so the loss-vs-epochs curves can be compared: does stronger regularization keep improving
+   (or stay flat) where weight decay 0.1 turns back up? (The strongest column is there because a local
+   optimum can sit at 0.1 while a far corner of the grid is better.)
 
 Loss = final validation loss (the run as configured, at the end of its cosine schedule), as the tuning
 protocol judges trials. Every run belongs to one resumable study; re-running continues it and never
@@ -85,8 +86,8 @@ def main():
                 {WD: decays, EP: epochs}, {WD: 0.1, EP: best_epochs},
             )
             tuned_wd = tuned.optimum[WD]
-            # 3. the tuned weight decay's column, both seeds (and the tuned optimum on the other seeds)
-            measure(study, [(budget, s, tuned_wd, e) for s in seeds for e in epochs])
+            # 3. the tuned and the strongest weight decay's columns, both seeds
+            measure(study, [(budget, s, wd, e) for wd in dict.fromkeys([tuned_wd, decays[-1]]) for s in seeds for e in epochs])
             budget_rows.append(_summarize(budget, seeds, epochs, losses, best_epochs, tuned))
 
     result = {
@@ -108,6 +109,7 @@ def main():
 def _summarize(budget, seeds, epochs, losses, best_epochs, tuned) -> dict:
     wd = tuned.optimum[WD]
     curve = lambda decay: [{"epochs": e, "per_seed": [losses[budget, s, decay, e] for s in seeds]} for e in epochs]
+    strongest = max(d for (b, _, d, _) in losses if b == budget)
     at = lambda decay, e: [losses[budget, s, decay, e] for s in seeds]
     return {
         "unique_tokens": budget,
@@ -115,7 +117,7 @@ def _summarize(budget, seeds, epochs, losses, best_epochs, tuned) -> dict:
         "tuned": {"weight_decay": wd, "epochs": tuned.optimum[EP], "per_seed": at(wd, tuned.optimum[EP]),
                   "trials_seed0": len(tuned.trials), "path": tuned.path,
                   "neighbours": [{"point": p, "loss": v} for p, v in tuned.neighbours]},
-        "curves": {"0.1": curve(0.1), str(wd): curve(wd)},
+        "curves": {str(d): curve(d) for d in dict.fromkeys([0.1, wd, strongest])},
     }
 
 
@@ -127,12 +129,14 @@ def _table(rows: list[dict], epochs: list[int]) -> str:
     lines = []
     for row in rows:
         wd = row["tuned"]["weight_decay"]
+        columns = list(row["curves"])
+        names = [f"wd {c}" + (" (tuned)" if float(c) == wd else "") for c in columns]
         lines += [
             f"\nD = {row['unique_tokens']:,} unique tokens: final validation loss, mean ± half spread over seeds",
-            f"\n| epochs | wd 0.1 | wd {wd} (tuned) |", "| ---: | ---: | ---: |",
+            "\n| epochs | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names),
         ]
-        for a, b in zip(row["curves"]["0.1"], row["curves"][str(wd)]):
-            lines.append(f"| {a['epochs']} | {_mean_spread(a['per_seed'])} | {_mean_spread(b['per_seed'])} |")
+        for i, e in enumerate(epochs):
+            lines.append(f"| {e} | " + " | ".join(_mean_spread(row["curves"][c][i]["per_seed"]) for c in columns) + " |")
         base, tuned = row["baseline"], row["tuned"]
         lines.append(
             f"\nbaseline (wd 0.1, epochs tuned): {base['epochs']} epochs, {_mean_spread(base['per_seed'])}; "

@@ -1,5 +1,6 @@
 """Sweeps: bad input writes nothing; a sweep killed with kill -9 (driver and workers) and re-run finishes
-every grid point exactly once; a run killed before its first checkpoint starts over; one driver per sweep."""
+every grid point exactly once; workers end with a driver killed on its own; a run killed before its first
+checkpoint starts over; one driver per sweep."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -147,3 +149,41 @@ def test_sweep_killed_with_its_workers_and_rerun_completes_each_point_exactly_on
 
     again = invoke(*args)
     assert again.exit_code == 0 and "3/3 done (3 from before)" in again.output
+
+
+def _live_processes_in_session(sid: int) -> list[int]:
+    """Linux: pids of the session's processes that are neither gone nor zombies."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_workers_end_with_a_driver_killed_on_its_own(tmp_path):
+    """kill -9 of the driver's pid alone: its workers stop instead of training on unattended (a re-run
+    would resume the very runs they are still writing)."""
+    runs_dir = tmp_path / "runs"
+    args = ["sweep", f"runs_dir={runs_dir}", *MICRO, "--grid", "train.epochs=200,201", "--workers", "2",
+            "--threads", "1", "--name", "orphans", "--no-live"]
+    driver = subprocess.Popen([sys.executable, "-m", "scarce.cli", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(runs_dir.glob("orphans-*/metrics.jsonl")):
+            time.sleep(0.05)  # a worker is training
+        assert driver.poll() is None and len(_live_processes_in_session(driver.pid)) > 1
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _live_processes_in_session(driver.pid):
+            time.sleep(0.1)
+        assert _live_processes_in_session(driver.pid) == []
+    finally:
+        for pid in _live_processes_in_session(driver.pid):
+            os.kill(pid, signal.SIGKILL)

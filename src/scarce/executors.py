@@ -24,6 +24,7 @@ import inspect
 import json
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections import deque
@@ -258,12 +259,36 @@ class SerialExecutor(Executor):
 # ---------------------------------------------------------------- local: a process pool
 
 
-def _init_local_worker(threads: int, gpu_ids) -> None:
+def _init_local_worker(threads: int, gpu_ids, driver_pid: int) -> None:
     # Before the job imports torch: one share of the cores, and at most one GPU, per worker.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids.get()
+    threading.Thread(target=_exit_with, args=(driver_pid,), daemon=True).start()
+
+
+def _exit_with(driver_pid: int, every_seconds: float = 0.5) -> None:
+    """End this worker once the driver is gone. A driver killed on its own (SIGTERM or SIGKILL of its pid,
+    not of its process group) would otherwise leave its workers training unattended, and a re-run of
+    the study would resume the very runs they are still writing. The run in flight stays `running` in
+    its summary and resumes from its newest checkpoint on the re-run."""
+    while _alive(driver_pid):
+        time.sleep(every_seconds)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a killed driver its parent has not reaped yet is a zombie, as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _worker_context():
@@ -320,7 +345,7 @@ class LocalExecutor(Executor):
             for gpu in self.gpus[: self.workers]:
                 gpu_ids.put(gpu)
         return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_local_worker,
-                                   initargs=(self.threads, gpu_ids))
+                                   initargs=(self.threads, gpu_ids, os.getpid()))
 
     def _start(self, job_count: int) -> None:
         self._pool = self._new_pool()
