@@ -45,6 +45,9 @@ def check_procedural(config: RunConfig) -> None:
                              "with data.source='procedural' the run is the stream itself (its length is train.tokens)")
         return
     if p.task is None:
+        given = [k for k in ("tokens", "steps", "batch_size", "fraction") if getattr(p, k) is not None]
+        if given:
+            raise ValueError(f"procedural.{given[0]} is set but procedural.task is not: name a task or drop it")
         return
     defaults = ProceduralConfig()
     if p.mode == "warmup":
