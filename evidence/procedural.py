@@ -16,8 +16,8 @@ transfer), to fit about 25 minutes on a 2-core CPU; the numbers are for this sca
     python evidence/procedural.py [--runs-dir runs/evidence-procedural] [--workers 2] [--quick]
         [--out docs/evidence/procedural.json]
 
---quick checks the pipeline in under two minutes (a few steps, one seed; its numbers mean nothing and
-go to a separate runs directory and output). Re-running continues the study; it never repeats a finished
+--quick checks the pipeline in about two minutes (a few steps, one seed; its numbers mean nothing, and
+it writes to runs/evidence-procedural-quick/, not docs/). Re-running continues the study; it never repeats a finished
 run. Not part of the tests.
 """
 
@@ -83,7 +83,7 @@ def main():
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     runs_dir = args.runs_dir or Path("runs/evidence-procedural" + ("-quick" if args.quick else ""))
-    out = args.out or Path("docs/evidence/procedural" + ("-quick" if args.quick else "") + ".json")
+    out = args.out or (runs_dir / "procedural.json" if args.quick else Path("docs/evidence/procedural.json"))
     console = Console(stderr=True)
     started = time.perf_counter()
     executor = make_executor("local", workers=args.workers, threads=1)
