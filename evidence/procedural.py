@@ -39,7 +39,7 @@ from scarce.studies.sweep import Study
 
 FULL = {
     "seeds": (0, 1, 2), "natural_seeds": (0, 1),
-    "diag_warmup_steps": 300, "haystack_steps": 400, "diag_batch": 128,
+    "diag_warmup_steps": 250, "haystack_steps": 400, "diag_batch": 128,
     "natural_tokens": 150 * 16 * 128, "warmup_steps": 80, "eval_every": 15,
 }
 QUICK = {
