@@ -17,7 +17,7 @@ from scarce.atomic import write_json_atomic
 from scarce.config import TRANSFER_GROUPS, RunConfig, resolve_config
 from scarce.data.procedural.registry import TASKS, get_task
 from scarce.errors import ScarceError
-from scarce.evals.diagnostics import DIAGNOSTICS
+from scarce.evals.diagnostics import DIAGNOSTICS, HELDOUT_EXAMPLES
 
 PAPER_STEPS, PAPER_BATCH = 10_000, 1000
 TINY_MODEL = {"size": "micro", "n_layers": 2, "d_model": 16, "n_heads": 4, "ffn_hidden": 64}
@@ -76,7 +76,7 @@ def record_diagnostic(run_dir: Path) -> dict:
     init = summary.get("init") or {}
     result = {
         "task": task, "params": config.procedural.params, "accuracy": final["val_accuracy"],
-        "digit_accuracy": final.get("val_digit_accuracy"), "examples": 4000, "step": final["step"],
+        "digit_accuracy": final.get("val_digit_accuracy"), "examples": HELDOUT_EXAMPLES, "step": final["step"],
         "warmup": init.get("from_run"), "transfer": init.get("groups"),
     }
     write_json_atomic(run_dir / DIAGNOSTIC_FILE, result)

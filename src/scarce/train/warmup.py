@@ -106,28 +106,43 @@ def run_stages_before(config: RunConfig, progress: bool = True) -> Path | None:
     """Train `config`'s warm-up stage, or reuse or resume it; returns its run directory (None: no stage)."""
     if not has_warmup(config):
         return None
-    from scarce.train.trainer import resume, train  # the trainer calls this module
+    from scarce.train.trainer import broadcast, pick_device, resume, setup_distributed, train  # the trainer calls this module
 
     warmup = warmup_config(config)
-    runs_dir = Path(config.runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / f".warmup-{run_key(warmup)}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS however this process ends
-        dirs = _warmup_runs(warmup)
-        statuses = {d: run_status(d) for d in dirs}
-        done = [d for d in dirs if statuses[d] == "completed"]
-        if done:
-            Console(stderr=True).print(f"procedural warm-up: reusing {done[0]}")
-            return done[0]
-        diverged = [d for d in dirs if statuses[d] == "diverged"]
-        if diverged:
-            raise ScarceError(f"the procedural warm-up {diverged[0]} diverged: lower procedural.optim.lr "
-                              f"(or remove that run to try the same settings again)")
-        resumable = sorted((d for d in dirs if checkpoint_dirs(d / runs.CHECKPOINTS_DIR)),
-                           key=lambda d: checkpoint_dirs(d / runs.CHECKPOINTS_DIR)[0].name)
-        if resumable:
-            return resume(resumable[-1], progress=progress)
-        return train(warmup, progress=progress)
+    ctx = setup_distributed(pick_device(config.train.device, 0).type)
+    if ctx.world_size > 1:  # every rank trains the warm-up together: rank 0 decides which, for all
+        action, where = broadcast(_next_step(warmup) if ctx.is_main else None, ctx)
+    else:
+        runs_dir = Path(config.runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with open(runs_dir / f".warmup-{run_key(warmup)}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs wait for one warm-up; released however this process ends
+            action, where = _next_step(warmup)
+            if action in ("resume", "train"):
+                return resume(where, progress=progress) if action == "resume" else train(warmup, progress=progress)
+    if action == "diverged":
+        raise ScarceError(f"the procedural warm-up {where} diverged: lower procedural.optim.lr "
+                          "(or remove that run to try the same settings again)")
+    if action == "reuse":
+        Console(stderr=True, quiet=not ctx.is_main).print(f"procedural warm-up: reusing {where}")
+        return where
+    return resume(where, progress=progress) if action == "resume" else train(warmup, progress=progress)
+
+
+def _next_step(warmup: RunConfig) -> tuple[str, Path | None]:
+    """("reuse", a finished warm-up), ("diverged", one that diverged), ("resume", the most advanced
+    interrupted one) or ("train", None)."""
+    dirs = _warmup_runs(warmup)
+    statuses = {d: run_status(d) for d in dirs}
+    done = [d for d in dirs if statuses[d] == "completed"]
+    if done:
+        return "reuse", done[0]
+    diverged = [d for d in dirs if statuses[d] == "diverged"]
+    if diverged:
+        return "diverged", diverged[0]
+    resumable = sorted((d for d in dirs if checkpoint_dirs(d / runs.CHECKPOINTS_DIR)),
+                       key=lambda d: checkpoint_dirs(d / runs.CHECKPOINTS_DIR)[0].name)
+    return ("resume", resumable[-1]) if resumable else ("train", None)
 
 
 def stage_init(config: RunConfig) -> InitConfig:
