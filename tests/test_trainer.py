@@ -103,10 +103,12 @@ CLI = ["-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); i
              "from scarce.cli import main; sys.argv[0] = 'scarce'; main()"]
 
 
-@pytest.mark.parametrize(
-    "variant", [[], ["data.source=test-shifted", "objective.kind=mir"], ["train.compile=true"]],
-    ids=["epochs", "shifted+mir", "compiled"],
-)
+@pytest.mark.parametrize("variant", [
+    [], ["data.source=test-shifted", "objective.kind=mir"],
+    # killed inside the front-loaded procedural steps (the first 48 of 240), resumed across into the corpus
+    ["procedural.task=sort", "procedural.params.length=8", "procedural.mode=mix", "procedural.fraction=0.2"],
+    ["train.compile=true"],
+], ids=["epochs", "shifted+mir", "front-loaded", "compiled"])
 def test_run_killed_mid_way_and_resumed_ends_with_identical_weights(tmp_path, variant):
     overrides = [*MICRO, *variant, "train.epochs=4", "train.checkpoint_every=8", "train.keep_checkpoints=3"]
     args = lambda name: ["train", f"name={name}", f"runs_dir={tmp_path / 'runs'}", *overrides, "--no-progress"]

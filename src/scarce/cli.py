@@ -9,6 +9,7 @@ from rich.table import Table
 
 from scarce.data.procedural.cli import app as procedural_app
 from scarce.errors import ScarceError
+from scarce.evals.diagnose_cli import app as diagnose_app
 from scarce.evals.harness import cli as harness_cli
 from scarce.laws import cli as laws_cli
 from scarce.studies import cli as studies_cli
@@ -21,6 +22,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Corpora and token stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(procedural_app, name="procedural")
+app.add_typer(diagnose_app, name="diagnose")
 console = Console()
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. optim.weight_decay=0.8")]

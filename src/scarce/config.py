@@ -210,6 +210,67 @@ class DistillConfig(Section):
         return self
 
 
+class WarmupOptimConfig(OptimConfig):
+    """The procedural stage's own optimizer; defaults are the paper's stage 1 (constant lr 5e-4, wd 0.1)."""
+
+    lr: float = Field(5e-4, gt=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+
+
+TRANSFER_GROUPS = ("attention", "mlp", "norms")  # what a procedural warm-up can hand on (its vocabulary is its own)
+
+
+class ProceduralConfig(Section):
+    """Procedural data for a run (docs/procedural.md). mode "warmup": a stage on the task's stream, trained
+    first (and reused when already done), whose `transfer` groups this run starts from; mode "mix": the
+    task's batches front-loaded into this run's own stream, `fraction` of its training tokens."""
+
+    task: str | None = None  # a task of `scarce procedural list`; None: no procedural data
+    params: dict[str, Any] = {}  # the task's parameters, e.g. {k = 64, length = 2048}
+    mode: Literal["warmup", "mix"] = "warmup"
+    tokens: int | None = Field(None, ge=1)  # warmup: the stage's training tokens (or `steps`)
+    steps: int | None = Field(None, ge=1)  # warmup: the stage's optimizer steps (or `tokens`)
+    batch_size: int | None = Field(None, ge=1)  # warmup: sequences per step; None: train.batch_size
+    transfer: list[Literal[TRANSFER_GROUPS]] = list(TRANSFER_GROUPS)  # warmup: groups copied; the rest fresh
+    embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every row the warm-up's mean row
+    fraction: float | None = Field(None, ge=0, lt=1)  # mix: share of the run's training tokens, first
+    optim: WarmupOptimConfig = WarmupOptimConfig()  # warmup: the stage's optimizer
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task):
+        from scarce.data.procedural.registry import TASKS  # here, so reading a config needs no generators
+
+        if task is not None and task not in TASKS:
+            raise ValueError(f"unknown procedural task {task!r}; choose one of {', '.join(TASKS)}")
+        return task
+
+    @field_validator("params")
+    @classmethod
+    def _task_params(cls, params, info):
+        """The task's full parameters, validated and with their defaults, so equal stages key equally."""
+        from scarce.data.procedural.registry import get_task
+
+        if "task" not in info.data:  # the task itself was refused; that error says why
+            return params
+        task = info.data["task"]
+        if task is None:
+            if params:
+                raise ValueError("procedural.params is set but procedural.task is not: name a task or drop them")
+            return params
+        try:
+            return get_task(task, params).params()
+        except ScarceError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("transfer")
+    @classmethod
+    def _groups(cls, transfer):
+        if not transfer or len(set(transfer)) != len(transfer):
+            raise ValueError(f"name each group at most once and at least one of {', '.join(TRANSFER_GROUPS)}")
+        return transfer
+
+
 class RunConfig(Section):
     name: str = "run"
     runs_dir: Path = Path("runs")
@@ -221,6 +282,7 @@ class RunConfig(Section):
     objective: ObjectiveConfig = ObjectiveConfig()
     init: InitConfig = InitConfig()
     distill: DistillConfig = DistillConfig()
+    procedural: ProceduralConfig = ProceduralConfig()
 
     @model_validator(mode="after")
     def _check(self):
@@ -228,6 +290,9 @@ class RunConfig(Section):
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by train.grad_accum={self.train.grad_accum}"
             )
+        from scarce.train.warmup import check_procedural  # the rules live beside the stage they describe
+
+        check_procedural(self)
         return self
 
 

@@ -70,22 +70,54 @@ class BatchSource(Protocol):
 # Sources by the name `data.source` gives. A factory builds this rank's source for a run:
 # factory(config, store, rank, world_size) -> BatchSource. Modules register theirs with `register_source`.
 SOURCES: dict[str, Callable] = {}
+# Sources that bring their own data instead of a corpus (a procedural stream): data(config) -> a store,
+# i.e. an object with vocab_size, train_token_count and eval_sample(max_tokens) as TokenStore has them.
+OWN_DATA: dict[str, Callable] = {}
+# Changes applied to every run's source after it is built, in registration order (procedural
+# front-loading): transform(source, config, store, rank, world_size) -> BatchSource, the source itself
+# when the config does not ask for the change.
+TRANSFORMS: list[Callable] = []
 
 
-def register_source(name: str):
+def register_source(name: str, data: Callable | None = None):
     def register(factory: Callable) -> Callable:
         SOURCES[name] = factory
+        if data is not None:
+            OWN_DATA[name] = data
         return factory
 
     return register
 
 
-def build_source(config, store, rank: int = 0, world_size: int = 1) -> BatchSource:
-    """The batch source `config.data.source` names, for this rank."""
-    import scarce.data.domains  # noqa: F401  (registers the built-in sources: "epochs", "domains")
-    import scarce.data.loader  # noqa: F401
+def register_transform(transform: Callable) -> Callable:
+    TRANSFORMS.append(transform)
+    return transform
 
+
+def _register_builtins() -> None:
+    import scarce.data.domains  # noqa: F401  (registers the built-in sources: "epochs", "domains", "procedural")
+    import scarce.data.loader  # noqa: F401
+    import scarce.data.procedural.source  # noqa: F401
+
+
+def prepare_run_data(config):
+    """The store a run trains and evaluates on: its corpus's (scarce.data.domains.prepare_data), or the
+    source's own data where the source brings it (a procedural stream: the task's vocabulary and held-out examples)."""
+    _register_builtins()
+    if config.data.domains is None and config.data.source in OWN_DATA:
+        return OWN_DATA[config.data.source](config)
+    from scarce.data.domains import prepare_data
+
+    return prepare_data(config.data)
+
+
+def build_source(config, store, rank: int = 0, world_size: int = 1) -> BatchSource:
+    """The batch source `config.data.source` names, for this rank, with the registered transforms applied."""
+    _register_builtins()
     name = "domains" if config.data.domains is not None else config.data.source  # a domain corpus is a mixture
     if name not in SOURCES:
         raise ScarceError(f"data.source={name!r} is not a known batch source; choose one of {', '.join(SOURCES)}")
-    return SOURCES[name](config, store, rank, world_size)
+    source = SOURCES[name](config, store, rank, world_size)
+    for transform in TRANSFORMS:
+        source = transform(source, config, store, rank, world_size)
+    return source

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from scarce.config import RunConfig
-from scarce.data.domains import DomainStore, evaluate_domains, mixture_weights, domain_budgets, prepare_data
+from scarce.data.domains import DomainStore, evaluate_domains, mixture_weights, domain_budgets
+from scarce.data.sources import prepare_run_data
 from scarce.data.store import TokenStore
 from scarce.errors import ScarceError
 from scarce.evals.perplexity import evaluate
@@ -27,7 +28,7 @@ def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, TokenStore | 
     if found is None:
         raise ScarceError(f"{run_dir} has no checkpoint to evaluate")
     path, model_state, _ = found
-    store = prepare_data(config.data)
+    store = prepare_run_data(config)
     extra = extra_input_tokens(config.objective)  # MIR's mask token: an embedding row, never predicted
     model = Transformer(model_shape(vocab_size=store.vocab_size, extra_input_tokens=extra, **config.model.model_dump()))
     model.load_state_dict(model_state)
@@ -42,6 +43,8 @@ def evaluate_run(run_dir: Path, eval_tokens: int | None = None) -> dict:
     if isinstance(store, DomainStore):  # every domain on its own held-out documents, and the mixture's mean
         weights = mixture_weights(config.data, domain_budgets(config.data, store))
         result = evaluate_domains(evaluate, model.to(device), sample, weights, *args)
+    elif hasattr(sample, "evaluate"):  # a procedural run's held-out examples score themselves
+        result = sample.evaluate(model.to(device), *args)
     else:
         result = evaluate(model.to(device), sample, *args)
     return {**result, "checkpoint": checkpoint.name}

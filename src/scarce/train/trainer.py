@@ -30,8 +30,8 @@ import scarce
 from scarce import runs
 from scarce.config import RunConfig
 from scarce.data.loader import EpochLoader
-from scarce.data.sources import Batch, BatchSource, build_source
-from scarce.data.domains import DomainMixture, DomainStore, domain_summary, evaluate_domains, prepare_data
+from scarce.data.sources import Batch, BatchSource, build_source, prepare_run_data
+from scarce.data.domains import DomainMixture, DomainStore, domain_summary, evaluate_domains
 from scarce.data.store import EvalSample, TokenStore
 from scarce.data.mixture import mixture_source
 from scarce.errors import ScarceError
@@ -41,6 +41,7 @@ from scarce.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from scarce.train.init import continuation, initialize
 from scarce.train.objectives import build_objective, extra_input_tokens, token_distillation
 from scarce.train.optim import build_optimizer, lr_at
+from scarce.train.warmup import run_stages_before, stage_init
 
 # train.compile = "auto": compile where benchmarks/bench_train.py measured it faster (results/train.json).
 COMPILE_BY_DEVICE = {"cpu": False, "cuda": True}
@@ -166,7 +167,9 @@ def _stand_in(empty: Batch) -> Batch:
 
 
 def train(config: RunConfig, progress: bool = True) -> Path:
-    """Start a new run from `config`; returns the run directory."""
+    """Start a new run from `config`; returns the run directory. A stage the config asks for first (a
+    procedural warm-up, scarce.train.warmup) is trained, or reused when it already has been."""
+    run_stages_before(config, progress)
     with _ordered_kernels(config):
         return _run(config, run_dir=None, progress=progress)
 
@@ -267,7 +270,7 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
     # Data: rank 0 tokenizes (cached on disk), the others then open the same store.
     if not ctx.is_main:
         dist.barrier()
-    store = prepare_data(config.data)
+    store = prepare_run_data(config)
     if ctx.is_main and ctx.world_size > 1:
         dist.barrier()
     source = build_source(config, store, ctx.rank, ctx.world_size)
@@ -284,7 +287,7 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
     else:
         objective = build_objective(config.objective, store.vocab_size, cfg.seed, ctx.rank, device.type)
     model = Transformer(shape)
-    init_record = initialize(model, config.init) if run_dir is None else None
+    init_record = initialize(model, stage_init(config)) if run_dir is None else None
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
     wrapped = model
@@ -416,6 +419,8 @@ def _evaluate(run: Run) -> dict:
     if isinstance(run.source, DomainMixture):  # each domain on its own held-out documents, and their weighted mean
         weights = dict(zip(run.source.names, run.source.weights))
         run.last_eval = evaluate_domains(evaluate, run.model, run.eval_sample, weights, *args)
+    elif hasattr(run.eval_sample, "evaluate"):  # a sample that scores itself: a procedural task's held-out examples
+        run.last_eval = run.eval_sample.evaluate(run.model, *args)
     else:
         run.last_eval = evaluate(run.model, run.eval_sample, *args)
     run.best_val_loss = min(run.best_val_loss, run.last_eval["val_loss"])

@@ -13,6 +13,10 @@ Fitting examples of L tokens into rows of R = seq_len + 1:
   token after the first is a target exactly once. Tasks whose loss needs the whole example (an output
   computed from an input) refuse: raise seq_len or shorten the task.
 
+`FrontLoaded` puts a procedural stream's batches before another source's (procedural.mode = "mix").
+Both register with the trainer (scarce.data.sources): data.source = "procedural" trains on the stream
+of procedural.task, and a config with procedural.mode = "mix" has its source front-loaded.
+
 Accounting: tokens_seen counts the positions trained on (steps × batch_size × seq_len over all ranks,
 what the FLOPs follow), counted_targets the positions whose loss counted. A stream has no fixed budget
 of unique tokens: unique_tokens is 0, and epochs_completed is always 0.0.
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from scarce.data.procedural.base import Examples, Task
-from scarce.data.sources import Batch
+from scarce.data.sources import Batch, BatchSource, register_source, register_transform
 from scarce.errors import ScarceError
 
 
@@ -130,3 +134,90 @@ class ProceduralSource:
                     "the config changed since the checkpoint was written"
                 )
         self.step, self.counted_targets = state["step"], state["counted_targets"]
+
+
+class FrontLoaded:
+    """`procedural` batches first, then every batch of `natural`, as one source (procedural.mode = "mix").
+
+    Procedural token t becomes id `offset` + t of the natural vocabulary (offset = natural vocabulary −
+    task vocabulary: the last-learned, rarest BPE merges), so the one model reads both. Its accounting
+    is the natural source's plus the procedural steps' tokens; resume is exact (both are addressable by step).
+    """
+
+    def __init__(self, procedural: ProceduralSource, natural: BatchSource, offset: int):
+        self.procedural, self.natural, self.offset = procedural, natural, offset
+        self.steps = procedural.steps + natural.steps
+        self.unique_tokens = natural.unique_tokens
+        self.step = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        first = self.procedural.steps
+        while self.step < first:
+            batch = self.procedural.batch(self.step)
+            self.step += 1
+            yield Batch(batch.inputs + self.offset, batch.targets + self.offset, batch.loss_mask, batch.global_targets)
+        self.natural.step = self.step - first
+        for batch in self.natural:
+            self.step = first + self.natural.step
+            yield batch
+
+    def tokens_seen(self, steps_done: int) -> int:
+        first = self.procedural.steps
+        return self.procedural.tokens_seen(min(steps_done, first)) + self.natural.tokens_seen(max(0, steps_done - first))
+
+    def epochs_completed(self, steps_done: int) -> float:
+        return self.natural.epochs_completed(max(0, steps_done - self.procedural.steps))
+
+    def _config(self) -> dict:
+        return {"procedural": self.procedural._config(), "procedural_steps": self.procedural.steps, "offset": self.offset}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "natural": self.natural.state_dict(), **self._config()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in self._config().items():
+            if state.get(key) != value:
+                raise ScarceError(
+                    f"checkpoint's front-loaded source has {key}={state.get(key)!r} but this run has {key}={value!r}: "
+                    "the config changed since the checkpoint was written"
+                )
+        self.natural.load_state_dict(state["natural"])
+        self.step = state["step"]
+
+
+def task_of(config) -> Task:
+    """The task a run's procedural section names, with its parameters."""
+    from scarce.data.procedural.registry import get_task
+
+    return get_task(config.procedural.task, config.procedural.params)
+
+
+def procedural_data(config):
+    from scarce.evals.procedural import ProceduralData
+
+    return ProceduralData(task_of(config), config.model.seq_len)
+
+
+@register_source("procedural", data=procedural_data)
+def procedural_stream(config, store, rank: int = 0, world_size: int = 1) -> ProceduralSource:
+    """train.tokens of procedural.task's stream (seeded by train.data_seed), in the task's own vocabulary."""
+    train, seq_len = config.train, config.model.seq_len
+    steps = -(-train.tokens // (train.batch_size * seq_len))
+    return ProceduralSource(task_of(config), seq_len, train.batch_size, steps, train.data_seed, rank, world_size)
+
+
+@register_transform
+def front_load(source: BatchSource, config, store, rank: int = 0, world_size: int = 1) -> BatchSource:
+    """procedural.mode = "mix": procedural batches making procedural.fraction of the run's training
+    tokens, before the run's own; every other config: the source unchanged."""
+    cfg = config.procedural
+    if cfg.task is None or cfg.mode != "mix" or config.data.source == "procedural":
+        return source
+    task = task_of(config)
+    if task.vocab_size > store.vocab_size:
+        raise ScarceError(f"procedural.task={cfg.task!r} has {task.vocab_size} tokens, more than the corpus's vocabulary "
+                          f"of {store.vocab_size}: front-loading maps them into it (raise data.vocab_size or shrink the task)")
+    steps = round(cfg.fraction * source.steps / (1 - cfg.fraction))
+    train = config.train
+    procedural = ProceduralSource(task, config.model.seq_len, train.batch_size, steps, train.data_seed, rank, world_size)
+    return FrontLoaded(procedural, source, store.vocab_size - task.vocab_size)
