@@ -544,6 +544,7 @@ def score_ensemble(runs_dir: Path, member_ids: Sequence[str], rows: Sequence[Row
         entry.update(loss=result["ensemble"]["loss"], losses_by_k=result["losses_by_k"])
     else:
         entry.update(loss=None, losses_by_k=[])
+    cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, entry)
     return entry
 
@@ -693,11 +694,25 @@ def intervention_points(effect: Effect, by_id: dict[str, Row]) -> list[tuple[Row
     return [(by_id[p["runs"][0]], p["loss"]) for p in effect.points]
 
 
+def _joint_multiplier(template, baseline, intervention, bootstrap: int) -> dict:
+    """k from one joint fit, refusing designs with no residual degree of freedom to spare: a law that passes
+    exactly through its points has bootstrap draws that agree perfectly, an interval of width zero that
+    measures nothing."""
+    from scarce.laws import effective_data_multiplier
+
+    free = len([p for p in template.param_names if p not in template.fixed]) + 1  # + k
+    n = len(baseline[1]) + len(intervention[1])
+    if n < free + 2:
+        raise ScarceError(f"{n} points for {free} free parameters; a multiplier with an interval needs at least {free + 2}")
+    k, _ = effective_data_multiplier(template, baseline, intervention, data_variable="U", bootstrap=bootstrap)
+    return {**k.to_dict(), "samples": k.samples.tolist()}
+
+
 def estimate_multiplier(effect: Effect, rows: Sequence[Row], law_template, bootstrap: int) -> None:
     """k: the intervention's points on the reference recipe's law with their unique tokens scaled by k
     (one joint fit, methods.md §2), with a bootstrap interval. Falls back to a power law in U at the
     intervention's model size when the data-constrained law cannot be fitted."""
-    from scarce.laws import PowerLaw, effective_data_multiplier
+    from scarce.laws import PowerLaw
 
     by_id = {r.run_id: r for r in rows}
     x_int, y_int = _as_points(intervention_points(effect, by_id))
@@ -705,25 +720,23 @@ def estimate_multiplier(effect: Effect, rows: Sequence[Row], law_template, boots
     if law_template is not None:
         x_ref, y_ref, _ = law_points(rows, effect.reference)
         try:
-            k, _ = effective_data_multiplier(law_template, (x_ref, y_ref), (x_int, y_int), data_variable="U",
-                                             bootstrap=bootstrap)
-            effect.multiplier = {**k.to_dict(), "law": "data_constrained+k", "samples": k.samples.tolist()}
+            effect.multiplier = {**_joint_multiplier(law_template, (x_ref, y_ref), (x_int, y_int), bootstrap),
+                                 "law": "data-constrained law + k"}
             return
         except ScarceError as err:
             reasons.append(f"data-constrained law: {err}")
-    # One size, one epoch count per budget: L = E + B / U^β over the reference's best per budget there.
+    # One size, one epoch count per budget: L = E + A / U^α over the reference's best per budget there.
     size = by_id[effect.points[0]["runs"][0]].size
-    best = {}
+    best: dict[int, Row] = {}
     for r in rows:
         if r.part == "grid" and r.size == size and r.loss is not None and \
                 (effect.reference == "tuned" or r.weight_decay == STANDARD_WEIGHT_DECAY):
             if r.budget not in best or r.loss < best[r.budget].loss:
                 best[r.budget] = r
     try:
-        k, _ = effective_data_multiplier(PowerLaw(variable="U"), ({"U": [r.unique_tokens for r in best.values()]},
-                                                                    [r.loss for r in best.values()]),
-                                         ({"U": x_int["U"]}, y_int), bootstrap=bootstrap)
-        effect.multiplier = {**k.to_dict(), "law": "power law in U", "samples": k.samples.tolist()}
+        baseline = ({"U": [r.unique_tokens for r in best.values()]}, [r.loss for r in best.values()])
+        effect.multiplier = {**_joint_multiplier(PowerLaw(variable="U"), baseline, ({"U": x_int["U"]}, y_int), bootstrap),
+                             "law": f"power law in U at {size}"}
     except ScarceError as err:
         reasons.append(f"power law in U: {err}")
         effect.multiplier_reason = "; ".join(reasons)
@@ -985,12 +998,13 @@ def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervent
 
 
 def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, hours: float = 1.0,
-        executor_name: str = "local", workers: int | None = None, threads: int | None = None,
-        executor_options: dict | None = None, overrides: Sequence[str] = (), interventions: Sequence[str] | None = None,
-        bootstrap: int = 100, design: Design | None = None, console: Console | None = None, live: bool = True) -> dict:
+        executor: Executor | str = "local", workers: int | None = None, threads: int | None = None,
+        overrides: Sequence[str] = (), interventions: Sequence[str] | None = None, bootstrap: int = 100,
+        design: Design | None = None, console: Console | None = None, live: bool = True) -> dict:
     """The whole study: check, design (or continue), train, conclude, write results.json and the report.
 
-    `design` replaces the calibrated design (tests, or a hand-made grid)."""
+    `executor` is an executor or its name (then built with `workers` and `threads`); `workers` is also the
+    parallelism the design assumes. `design` replaces the calibrated design (tests, or a hand-made grid)."""
     from scarce.executors import make_executor, usable_cpus
     from scarce.studies.study_report import write_report
 
@@ -999,7 +1013,8 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
     if bootstrap < 0:
         raise ScarceError(f"--bootstrap must be ≥ 0, got {bootstrap}")
     inputs, base = check_inputs(corpus, flops, unique_tokens, hours, workers, out, overrides, interventions)
-    executor = make_executor(executor_name, workers=workers, threads=threads, **(executor_options or {}))
+    if isinstance(executor, str):
+        executor = make_executor(executor, workers=workers, threads=threads)
     chosen = select_interventions(inputs.interventions)
     parallel = executor.workers or workers or usable_cpus()
     if design is None:
