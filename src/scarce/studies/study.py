@@ -49,10 +49,14 @@ BASE_RECIPE = {
     "optim": {"lr": 3e-3, "weight_decay": STANDARD_WEIGHT_DECAY},
     "train": {"batch_size": 16, "eval_every": 0, "checkpoint_every": 500, "keep_checkpoints": 1},
 }
-RUN_OVERHEAD_SECONDS = 4.0  # per run: worker start, store and model set-up, final evaluation and checkpoint
+RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, final evaluation and checkpoint
 ANALYSIS_FRACTION = 0.25  # of the budget kept for ensemble scoring, sampling, fits and the report
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
 DISTILL_WEIGHT = 0.75  # synthetic batch fraction: Kim et al.'s best for self-distillation; student steps ×4
+SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
+# Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
+# KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
+SAMPLING_SLOWDOWN = 20.0
 PROCEDURAL_FRACTION = 0.03  # warm-up tokens as a fraction of the natural training tokens (Jiang et al.: 0.1-3%)
 MUENNIGHOFF_R_STAR_D = 15.4  # Muennighoff et al. 2023's fitted repetition constant
 
@@ -210,8 +214,9 @@ class Level:
 LEVELS = (
     Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 128),
     Level("two sizes", ("micro", "tiny"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 32),
-    Level("two sizes, short", ("micro", "tiny"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
-    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 2),
+    Level("two sizes, two weight decays", ("micro", "tiny"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
+    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 4),
+    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 2, 2),
 )
 
 
@@ -233,42 +238,55 @@ class Design:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
-def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 4) -> dict[str, float]:
-    """Training seconds per token of the smallest size, timed here over a few optimizer steps with the
-    runs' thread count; larger sizes scaled by their FLOPs per token (conservative: larger models use a
-    CPU better, so they run faster than this predicts)."""
+def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 3,
+              measured: int = 2) -> dict[str, float]:
+    """Training seconds per token, timed here over a few optimizer steps with the runs' thread count, for
+    the first `measured` sizes; larger ones scaled from the last measured by FLOPs per token
+    (conservative: larger models use a CPU better, so they run faster than this predicts)."""
     import torch
 
-    from scarce.model import Transformer, model_shape
-    from scarce.train.optim import build_optimizer
+    from scarce.model import model_shape
 
     device = torch.device("cuda" if base.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     shapes = {s: model_shape(s, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len) for s in sizes}
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads or 1)
+    seconds: dict[str, float] = {}
     try:
-        model = Transformer(shapes[sizes[0]]).to(device)
-        optimizer = build_optimizer(model, base.optim)
-        tokens = torch.randint(0, base.data.vocab_size, (base.train.batch_size, base.model.seq_len + 1), device=device)
-        for i in range(steps + 1):
-            if i == 1:  # the first step pays one-time costs
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        per_token = (time.perf_counter() - started) / (steps * base.train.batch_size * base.model.seq_len)
+        for size in sizes[:measured]:
+            seconds[size] = _time_steps(shapes[size], base, device, steps)
     finally:
         torch.set_num_threads(threads_before)
-    flops = {s: shapes[s].train_flops_per_token() for s in sizes}
-    return {s: per_token * flops[s] / flops[sizes[0]] for s in sizes}
+    last = sizes[min(measured, len(sizes)) - 1]
+    for size in sizes[measured:]:
+        seconds[size] = seconds[last] * shapes[size].train_flops_per_token() / shapes[last].train_flops_per_token()
+    return seconds
+
+
+def _time_steps(shape, base: RunConfig, device, steps: int) -> float:
+    """Seconds per training token of one model shape: forward, backward and AdamW step, first step excluded."""
+    import torch
+
+    from scarce.model import Transformer
+    from scarce.train.optim import build_optimizer
+
+    model = Transformer(shape).to(device)
+    optimizer = build_optimizer(model, base.optim)
+    tokens = torch.randint(0, base.data.vocab_size, (base.train.batch_size, base.model.seq_len + 1), device=device)
+    for i in range(steps + 1):
+        if i == 1:  # the first step pays one-time costs
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(tokens[:, :-1])
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / (steps * base.train.batch_size * base.model.seq_len)
 
 
 def step_tokens(base: RunConfig) -> int:
@@ -283,26 +301,29 @@ def nested_budgets(largest: int, count: int, step: int) -> list[int]:
 
 def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[Intervention],
                  base: RunConfig) -> list[list[tuple[str, float]]]:
-    """The runs a design will train, by stage, as (size, training tokens incl. the evaluation's share).
-
-    Interventions are budgeted at the grid's largest epochs (their tuned epochs are not known yet)."""
-    evaluation = (base.data.eval_tokens or 0) / 3  # a forward pass ≈ a third of a training step per token
-    most = max(level.epochs)
-    small = level.sizes[0]
+    """What a design will compute, stage by stage, as (size, training-token equivalents): the grid; the
+    single-run interventions and ensemble members; the teachers' sampling (in the driver, one at a time);
+    the distillation students. Interventions are budgeted at the grid's largest epochs (their tuned epochs
+    are not known yet), the evaluation as a third of a training step per evaluated token."""
+    evaluation = (base.data.eval_tokens or 0) / 3
+    most, small = max(level.epochs), level.sizes[0]
+    where = lambda i: budgets if i.budgets == "all" else budgets[:1]
     grid = [(size, d * e + evaluation) for size in level.sizes for d in budgets for e in level.epochs
             for _ in level.weight_decays]
-    after, students = [], []
-    for intervention in interventions:
-        where = budgets if intervention.budgets == "all" else budgets[:1]
-        for d in where:
-            if intervention.measure == "single":
-                after.append((small, d * most * (MIR_COST if intervention.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation))
-            elif intervention.measure in ("ensemble", "distill") and not any(r[2] == d for r in students if r[0] == "members"):
-                after += [(small, d * most + evaluation)] * (level.members - 1)
-                students.append(("members", None, d))
-            if intervention.measure == "distill":
-                students.append((small, d * most / (1 - DISTILL_WEIGHT) + evaluation + d * level.members, d))
-    return [grid, after, [(s, t) for s, t, _ in students if s != "members"]]
+    after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
+             for i in interventions if i.measure == "single" for d in where(i)]
+    ensembles = sorted({d for i in interventions if i.measure in ("ensemble", "distill") for d in where(i)})
+    after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
+    scoring = [(small, level.members * evaluation) for _ in ensembles]
+    distilled = [d for i in interventions if i.measure == "distill" for d in where(i)]
+    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d)) for d in distilled]
+    students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
+    return [grid, after, scoring, sampling, students]
+
+
+def synthetic_tokens(budget: int) -> int:
+    """Tokens the teachers sample for a student at this budget (whole documents overshoot it)."""
+    return max(1, int(budget * SYNTHETIC_FRACTION))
 
 
 def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_token: dict[str, float],
@@ -346,15 +367,21 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
             return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
                           level.members, workers, dict(seconds_per_token), predicted, inputs.hours)
+    # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
     if inputs.unique_tokens < smallest.min_steps * step:
         raise ScarceError(f"the corpus gives {inputs.unique_tokens:,} unique tokens, fewer than the smallest study "
                           f"budget ({smallest.min_steps * step:,} tokens = {smallest.min_steps} steps of "
                           f"{step:,}); give more --unique-tokens or a larger corpus")
-    need = predict_seconds(planned_runs(smallest, nested_budgets(smallest.min_steps * step, smallest.budgets, step),
-                                        active, base), seconds_per_token, workers) / (1 - ANALYSIS_FRACTION)
-    raise ScarceError(f"--budget-hours {inputs.hours:g} is too small for even the smallest study on this machine "
-                      f"(predicted {need / 3600:.3f} hours); give at least --budget-hours {math.ceil(need / 36) / 100:g}")
+    budgets = nested_budgets(smallest.min_steps * step, smallest.budgets, step)
+    stages = planned_runs(smallest, budgets, active, base)
+    one_run = predict_seconds([stages[0][:1]], seconds_per_token, 1)
+    if one_run > inputs.hours * 3600:
+        raise ScarceError(f"--budget-hours {inputs.hours:g} is too small for even one run on this machine (predicted "
+                          f"{one_run:.0f} s each); give at least --budget-hours {math.ceil(one_run * 20 / 3600 * 100) / 100:g}")
+    predicted = predict_seconds(stages, seconds_per_token, workers)
+    return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
+                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours)
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,
@@ -555,7 +582,7 @@ def student_config(tuned: RunConfig, ensemble: dict, intervention: Intervention,
 
     weight = intervention.overrides_for(tuned).get("distill.weight", DISTILL_WEIGHT)
     teachers = [Path(tuned.runs_dir) / m for m in ensemble["members"]]
-    synthetic = sample_synthetic(teachers, ensemble["budget"], Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
+    synthetic = sample_synthetic(teachers, synthetic_tokens(ensemble["budget"]), Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
                                  progress=False, console=console)
     return point_config(distill_config(tuned, "sequence", teachers, weight, synthetic), {}, STUDY_NAME)
 
