@@ -209,15 +209,22 @@ class Level:
     weight_decays: tuple[float, ...]  # always includes the standard 0.1
     members: int  # ensemble members = seeds at the tuned setting (the seed-to-seed spread)
     min_steps: int  # the largest budget must be at least this many optimizer steps of tokens
+    full_sizes: int = 2  # sizes after the first `full_sizes` run at the smallest budget only (for their cost)
 
 
+# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters); the third,
+# costliest size runs at the smallest budget only, which is enough for that.
 LEVELS = (
-    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 128),
-    Level("two sizes", ("micro", "tiny"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 32),
-    Level("two sizes, two weight decays", ("micro", "tiny"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
+    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 64),
+    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
     Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 4),
     Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 2, 2),
 )
+
+
+def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) -> list[tuple[str, int]]:
+    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the smallest."""
+    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[:1])]
 
 
 @dataclass
@@ -232,10 +239,11 @@ class Design:
     seconds_per_token: dict[str, float]  # calibrated training seconds per token, per size
     predicted_seconds: float
     hours: float
+    full_sizes: int = 2  # sizes after these run at the smallest budget only
 
     @classmethod
     def from_dict(cls, d: dict) -> Design:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 3,
@@ -308,8 +316,8 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
     evaluation = (base.data.eval_tokens or 0) / 3
     most, small = max(level.epochs), level.sizes[0]
     where = lambda i: budgets if i.budgets == "all" else budgets[:1]
-    grid = [(size, d * e + evaluation) for size in level.sizes for d in budgets for e in level.epochs
-            for _ in level.weight_decays]
+    grid = [(size, d * e + evaluation) for size, d in grid_cells(level.sizes, budgets, level.full_sizes)
+            for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in where(i)]
     ensembles = sorted({d for i in interventions if i.measure in ("ensemble", "distill") for d in where(i)})
@@ -366,7 +374,7 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             budgets = nested_budgets(lo * step, level.budgets, step)
             predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
             return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
-                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours)
+                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes)
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
     if inputs.unique_tokens < smallest.min_steps * step:
@@ -381,7 +389,7 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                           f"{one_run:.0f} s each); give at least --budget-hours {math.ceil(one_run * 20 / 3600 * 100) / 100:g}")
     predicted = predict_seconds(stages, seconds_per_token, workers)
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
-                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours)
+                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes)
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,
@@ -439,7 +447,8 @@ def _point(part: str, config: RunConfig) -> dict:
 def grid_configs(base: RunConfig, design: Design) -> list[RunConfig]:
     return [point_config(base, {"model.size": size, "data.unique_tokens": d, "train.epochs": e,
                                 "optim.weight_decay": wd}, STUDY_NAME)
-            for size in design.sizes for d in design.budgets for e in design.epochs for wd in design.weight_decays]
+            for size, d in grid_cells(design.sizes, design.budgets, design.full_sizes)
+            for e in design.epochs for wd in design.weight_decays]
 
 
 def _row(outcome: Outcome, part: str) -> Row | None:
@@ -825,7 +834,7 @@ def compare_forms(rows: Sequence[Row]) -> dict:
             problems[recipe] = str(err)
             continue
         for label, c in zip(candidates, compared):
-            table.append({"recipe": recipe, "law": label, **c.to_dict(),
+            table.append({**c.to_dict(), "recipe": recipe, "law": label,
                           "unidentified": list(getattr(c.fitted, "unidentified_", []) or [])})
     for label in candidates:
         mine = [t for t in table if t["law"] == label]
@@ -955,48 +964,57 @@ def extrapolate(rows: Sequence[Row], effects: Sequence[Effect], inputs: Inputs, 
     for name, recipe, k, k_samples, cost, eligible in plans:
         if recipe in laws:
             predicted = predict_recipe(laws[recipe], k, k_samples, cost, inputs.flops, inputs.unique_tokens)
-            out["recipes"].append({"recipe": name, "law": recipe, "k": k, "cost": cost, "eligible": eligible, **predicted})
-    out["best"] = recommend(out["recipes"], laws, rows, inputs, base)
+            efficiency = data_efficiency(laws.get("standard"), predicted["asymptote"], inputs.unique_tokens)
+            out["recipes"].append({"recipe": name, "law": recipe, "k": k, "cost": cost, "eligible": eligible,
+                                   **predicted, "data_efficiency": efficiency})
+    undetermined = sorted({p for law in laws.values() for p in (law.unidentified_ or []) if p in ("E", "A", "alpha")})
+    if undetermined:
+        out["problems"]["recommendation"] = (
+            f"the runs do not determine the law's model-size term ({', '.join(undetermined)} unidentified: "
+            f"{len({r.params for r in rows if r.loss is not None})} model size(s) measured, three are needed), "
+            f"so no model size can be recommended; the predictions below are not conclusions")
+    else:
+        out["best"] = recommend(out["recipes"], rows, inputs, base)
     return out
 
 
-def recommend(recipes: list[dict], laws: dict, rows: Sequence[Row], inputs: Inputs, base: RunConfig) -> dict | None:
+def data_efficiency(standard, asymptote: dict, unique_tokens: float) -> dict | None:
+    """How many times U the standard recipe's law needs to reach a recipe's compute → ∞ loss at U (Kim et
+    al.'s D_eff ratio on asymptotes), with an interval from the paired bootstrap draws."""
+    from scarce.laws.derived import bootstrap_draws
+
+    if standard is None or asymptote["value"] is None:
+        return None
+    value = unique_tokens_for(standard.params_, asymptote["value"]) / unique_tokens
+    samples = [unique_tokens_for(dict(zip(standard.param_names, row)), a) / unique_tokens
+               for row, a in zip(bootstrap_draws(standard), asymptote["samples"]) if a is not None and not np.isnan(a)]
+    return {"value": _number(value), "interval": _interval(samples)}
+
+
+def recommend(recipes: list[dict], rows: Sequence[Row], inputs: Inputs, base: RunConfig) -> dict | None:
     """The eligible recipe with the lowest predicted loss (the standard one unless an intervention is a
-    distinguishable gain), its data efficiency against the standard recipe, and the scale extrapolated."""
-    usable = [r for r in recipes if r["eligible"] and r["loss"]["value"] is not None]
+    distinguishable gain), with the ladder size nearest its N and the scale it extrapolates from."""
+    usable = [r for r in recipes if r["eligible"] and r["loss"]["value"] is not None and r["params"]["value"]]
     if not usable:
         return None
     best = min(usable, key=lambda r: r["loss"]["value"])
-    standard = laws.get("standard")
-    efficiency = None
-    if standard is not None and best["asymptote"]["value"] is not None:
-        from scarce.laws.derived import bootstrap_draws
-
-        value = unique_tokens_for(standard.params_, best["asymptote"]["value"]) / inputs.unique_tokens
-        draws = bootstrap_draws(standard)
-        samples = [unique_tokens_for(dict(zip(standard.param_names, row)), a) / inputs.unique_tokens
-                   for row, a in zip(draws, best["asymptote"]["samples"]) if a is not None and np.isfinite(a)]
-        efficiency = {"value": _number(value), "interval": _interval(samples)}
     measured = [r for r in rows if r.loss is not None]
-    n_measured = max(r.params for r in measured)
+    largest_params, largest_unique = max(r.params for r in measured), max(r.unique_tokens for r in measured)
     grid = [r for r in measured if r.part == "grid"]
-    size = nearest_size(best["params"]["value"], base.data.vocab_size, base.model.seq_len) if best["params"]["value"] else None
-    wd = None
-    if grid and best["recipe"] != "standard":
+    wd = STANDARD_WEIGHT_DECAY
+    if best["recipe"] != "standard":  # the tuned weight decay at the largest size and budget measured
         top = max(grid, key=lambda r: (r.params, r.budget))
-        cell = [r for r in grid if r.params == top.params and r.budget == top.budget]
-        wd = min(cell, key=lambda r: r.loss).weight_decay
+        wd = min((r for r in grid if r.params == top.params and r.budget == top.budget), key=lambda r: r.loss).weight_decay
     return {
-        "recipe": best["recipe"], "params": best["params"], "tokens": best["tokens"], "epochs": best["epochs"],
-        "loss": best["loss"], "asymptote": best["asymptote"], "nearest_size": size,
-        "weight_decay": STANDARD_WEIGHT_DECAY if best["recipe"] == "standard" else wd,
-        "data_efficiency": efficiency,
+        **{k: best[k] for k in ("recipe", "params", "tokens", "epochs", "loss", "asymptote", "data_efficiency")},
+        "nearest_size": nearest_size(best["params"]["value"], base.data.vocab_size, base.model.seq_len),
+        "weight_decay": wd,
         "scale": {
-            "params_measured": [min(r.params for r in measured), n_measured],
-            "unique_tokens_measured": [min(r.unique_tokens for r in measured), max(r.unique_tokens for r in measured)],
+            "params_measured": [min(r.params for r in measured), largest_params],
+            "unique_tokens_measured": [min(r.unique_tokens for r in measured), largest_unique],
             "flops_largest_run": max(r.flops for r in measured),
-            "params_factor": (best["params"]["value"] or math.nan) / n_measured,
-            "unique_tokens_factor": inputs.unique_tokens / max(r.unique_tokens for r in measured),
+            "params_factor": best["params"]["value"] / largest_params,
+            "unique_tokens_factor": inputs.unique_tokens / largest_unique,
             "flops_factor": inputs.flops / max(r.flops for r in measured),
         },
     }

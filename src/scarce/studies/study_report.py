@@ -120,6 +120,8 @@ def plot_epochs(results: dict, path: Path) -> tuple[Path, list[str]]:
     for ax, size in zip(axes[0], sizes):
         for i, d in enumerate(budgets):
             cell = [r for r in rows if r["size"] == size and r["budget"] == d]
+            if not cell:
+                continue
             epochs = sorted({r["epochs"] for r in cell})
             std = [min((r["loss"] for r in cell if r["epochs"] == e and r["weight_decay"] == STANDARD_WEIGHT_DECAY),
                        default=np.nan) for e in epochs]
@@ -223,10 +225,16 @@ def recommendation(results: dict) -> list[tuple]:
     best = results["extrapolation"].get("best")
     blocks = []
     if best is None:
-        problems = "; ".join(f"{k}: {v}" for k, v in results["extrapolation"]["problems"].items())
-        blocks.append(("p", f"No recommendation: the runs of this study could not support a fitted law to "
-                            f"extrapolate from ({problems or 'no eligible recipe'}). The measured effects below "
-                            f"hold only at the scale measured.", True))
+        problems = results["extrapolation"]["problems"]
+        if "recommendation" in problems:
+            reason = problems["recommendation"]
+        elif problems:
+            reason = "the runs could not support a fitted law to extrapolate from (" + "; ".join(
+                f"{k}: {v}" for k, v in problems.items()) + ")"
+        else:
+            reason = "no eligible recipe had a prediction"
+        blocks.append(("p", f"No recommendation: {reason}. The measured effects below hold only at the scale "
+                            f"measured.", True))
     else:
         n = best["params"]
         wd = f", weight decay {best['weight_decay']:g}" if best["weight_decay"] is not None else ""
@@ -236,11 +244,14 @@ def recommendation(results: dict) -> list[tuple]:
                             f"{_est(best['epochs'])} epochs ({_est(best['tokens'])} training tokens); predicted "
                             f"validation loss {_est(best['loss'], _num)} nats/token.", True))
         eff = best["data_efficiency"]
-        blocks.append(("p", f"As compute → ∞ on these {inputs['unique_tokens']:,} tokens the {best['recipe']} "
-                            f"recipe approaches {_est(best['asymptote'], _num)} nats/token; the standard recipe would "
-                            f"need {_est(eff)}× these unique tokens to reach that (data efficiency vs the standard "
-                            f"recipe)." if eff else
-                            f"As compute → ∞ on these tokens: {_est(best['asymptote'], _num)} nats/token."))
+        text = (f"As compute → ∞ on these {inputs['unique_tokens']:,} tokens the {best['recipe']} recipe approaches "
+                f"{_est(best['asymptote'], _num)} nats/token")
+        if best["recipe"] == "standard":
+            text += "; no intervention was a distinguishable gain, so the best recipe is the standard one (1× its data)."
+        elif eff:
+            text += (f"; the standard recipe would need {_est(eff)}× these unique tokens to reach that (data "
+                     f"efficiency vs the standard recipe).")
+        blocks.append(("p", text if text.endswith(".") else text + "."))
         s = best["scale"]
         blocks.append(("p", f"Scale: measured at {s['params_measured'][0]:,}–{s['params_measured'][1]:,} non-embedding "
                             f"parameters and {s['unique_tokens_measured'][0]:,}–{s['unique_tokens_measured'][1]:,} unique "
@@ -248,6 +259,9 @@ def recommendation(results: dict) -> list[tuple]:
                             f"{s['params_factor']:.3g}× in parameters, {s['unique_tokens_factor']:.3g}× in unique tokens "
                             f"and {s['flops_factor']:.3g}× in compute. Intervals are 95% bootstrap intervals over the "
                             f"runs; they do not cover the error of the law's form, which grows with extrapolation."))
+    if results["failed"]:
+        blocks.append(("p", f"{len(results['failed'])} of the study's runs failed or diverged (listed under 'What this "
+                            f"study could not conclude'); re-run the command to retry them.", True))
     gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
     if gains:
         blocks.append(("p", f"Distinguishable gains at this scale: {', '.join(gains)}."))
@@ -317,10 +331,13 @@ def law_blocks(results: dict) -> list[tuple]:
         blocks.append(("p", "Each recipe's best model size and epochs under its law (interventions: the tuned law with U "
                             "scaled by their multiplier k and the compute divided by their FLOPs cost). Only the standard "
                             "recipe and distinguishable gains are eligible for the recommendation."))
+        if "recommendation" in ext["problems"]:
+            blocks.append(("p", f"Not conclusions: {ext['problems']['recommendation']}."))
         blocks.append(("table", ["recipe", "eligible", "k", "FLOPs ×", "N (non-embedding)", "epochs", "loss [95%]",
-                                 "loss as compute → ∞ [95%]"],
+                                 "loss as compute → ∞ [95%]", "data efficiency vs standard [95%]"],
                        [[r["recipe"], "yes" if r["eligible"] else "no", _sci(r["k"]), _sci(r["cost"]), _est(r["params"]),
-                         _est(r["epochs"]), _est(r["loss"], _num), _est(r["asymptote"], _num)] for r in ext["recipes"]]))
+                         _est(r["epochs"]), _est(r["loss"], _num), _est(r["asymptote"], _num), _est(r["data_efficiency"])]
+                        for r in ext["recipes"]]))
     return blocks
 
 
@@ -334,7 +351,7 @@ def limits(results: dict) -> list[str]:
         elif e["verdict"] != "gain":
             items.append(f"{e['name']}: {e['verdict']} ({e['verdict_reason']}).")
     for what, problem in results["extrapolation"]["problems"].items():
-        items.append(f"law for {what}: not fitted — {problem}")
+        items.append(f"the {what} recipe's law: not fitted — {problem}" if what in ("standard", "tuned") else problem)
     for recipe, law in results["extrapolation"]["laws"].items():
         if law["unidentified"]:
             items.append(f"the {recipe} law's {', '.join(law['unidentified'])} are not determined by these runs "
@@ -342,6 +359,10 @@ def limits(results: dict) -> list[str]:
     if results["failed"]:
         items.append(f"{len(results['failed'])} run(s) failed or diverged: {_runs(results['failed'])}; re-run the "
                      f"command to retry them.")
+    design = results["design"]
+    if design["predicted_seconds"] > design["hours"] * 3600:
+        items.append(f"even the smallest design was predicted to take {design['predicted_seconds'] / 60:.1f} min, more "
+                     f"than the {design['hours']:g} h budget; it ran anyway at its smallest budget.")
     if len(results["design"]["sizes"]) < 2:
         items.append("one model size was measured: the best model size cannot be extrapolated from this study.")
     items.append("learning rate, batch size and context were fixed (not tuned); effects were measured at the "
