@@ -87,6 +87,10 @@ class Intervention:
     def overrides_for(self, config: RunConfig) -> dict[str, Any]:
         return self.overrides(config) if callable(self.overrides) else dict(self.overrides)
 
+    def where(self, budgets: Sequence[int]) -> list[int]:
+        """The budgets it is measured at."""
+        return list(budgets) if self.budgets == "all" else list(budgets[:1])
+
 
 def _needs_procedural(base: RunConfig) -> str | None:
     if "procedural" not in RunConfig.model_fields:
@@ -315,15 +319,14 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
     are not known yet), the evaluation as a third of a training step per evaluated token."""
     evaluation = (base.data.eval_tokens or 0) / 3
     most, small = max(level.epochs), level.sizes[0]
-    where = lambda i: budgets if i.budgets == "all" else budgets[:1]
     grid = [(size, d * e + evaluation) for size, d in grid_cells(level.sizes, budgets, level.full_sizes)
             for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
-             for i in interventions if i.measure == "single" for d in where(i)]
-    ensembles = sorted({d for i in interventions if i.measure in ("ensemble", "distill") for d in where(i)})
+             for i in interventions if i.measure == "single" for d in i.where(budgets)]
+    ensembles = sorted({d for i in interventions if i.measure in ("ensemble", "distill") for d in i.where(budgets)})
     after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
-    distilled = [d for i in interventions if i.measure == "distill" for d in where(i)]
+    distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
     sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d)) for d in distilled]
     students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
     return [grid, after, scoring, sampling, students]
@@ -524,14 +527,15 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
-        wants_members = {d for i in active if i.measure in ("ensemble", "distill")
-                         for d in (design.budgets if i.budgets == "all" else design.budgets[:1])}
+        wants_members = {d for i in active if i.measure in ("ensemble", "distill") for d in i.where(design.budgets)}
         for intervention in active:
             if intervention.measure != "single":
                 continue
-            for d in design.budgets if intervention.budgets == "all" else design.budgets[:1]:
-                if tuned[d] is not None:
-                    second.append((intervention.name, with_overrides(tuned[d], intervention.overrides_for(tuned[d]))))
+            try:
+                second += [(intervention.name, with_overrides(tuned[d], intervention.overrides_for(tuned[d])))
+                           for d in intervention.where(design.budgets) if tuned[d] is not None]
+            except ScarceError as err:  # overrides this version's config does not accept: say so, run the rest
+                skipped[intervention.name] = f"its config overrides do not validate: {err}"
         for d in sorted(wants_members):
             if tuned[d] is not None:
                 second += [("member", member_config(tuned[d], i)) for i in range(1, design.members)]
@@ -547,7 +551,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         students = []
         distill = next((i for i in active if i.measure == "distill"), None)
         for ensemble in ensembles:
-            if distill is None or ensemble["budget"] not in (design.budgets if distill.budgets == "all" else design.budgets[:1]):
+            if distill is None or ensemble["budget"] not in distill.where(design.budgets):
                 continue
             if len(ensemble["members"]) < 2:
                 skipped.setdefault("distill", "the ensemble teacher has fewer than two finished members")
@@ -969,9 +973,12 @@ def extrapolate(rows: Sequence[Row], effects: Sequence[Effect], inputs: Inputs, 
                                    **predicted, "data_efficiency": efficiency})
     undetermined = sorted({p for law in laws.values() for p in (law.unidentified_ or []) if p in ("E", "A", "alpha")})
     if undetermined:
+        sizes = len({r.params for r in rows if r.loss is not None})
+        why = (f"{sizes} model size(s) measured; E + A/N^α needs three" if sizes < 3 else
+               "at this scale the losses do not separate a model-size term from the data term (larger models did "
+               "not lower the loss in a way the law can pin down); more unique tokens per run would help")
         out["problems"]["recommendation"] = (
-            f"the runs do not determine the law's model-size term ({', '.join(undetermined)} unidentified: "
-            f"{len({r.params for r in rows if r.loss is not None})} model size(s) measured, three are needed), "
+            f"the runs do not determine the law's model-size term ({', '.join(undetermined)} unidentified: {why}), "
             f"so no model size can be recommended; the predictions below are not conclusions")
     else:
         out["best"] = recommend(out["recipes"], rows, inputs, base)

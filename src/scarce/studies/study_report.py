@@ -209,9 +209,13 @@ def plot_multipliers(results: dict, path: Path) -> tuple[Path, list[str]] | None
         color = {"gain": "C2", "loss": "C3"}.get(e["verdict"], "grey")
         ax.errorbar([k["value"]], [i], xerr=[[k["value"] - lo], [hi - k["value"]]], fmt="o", color=color, capsize=4)
     ax.axvline(1, color="black", lw=1)
+    ends = [v for e in effects for v in (e["multiplier"]["interval"] or []) if v]
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if min(ends + [1]) / 2 <= t <= max(ends + [1]) * 2]
     ax.set_yticks(range(len(effects)), [f"{e['name']} ({'gain' if e['verdict'] == 'gain' else e['verdict'].split(' at')[0]})"
                                         for e in effects], fontsize=8)
     ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("effective-data multiplier k (interval: bootstrap); 1 = no effect")
     ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path), [i for e in effects for i in e["runs"]]
@@ -400,6 +404,8 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
         "Intervention multipliers. Effective-data multiplier k with its bootstrap interval (green: gain, red: loss, "
         "grey: not distinguishable from zero).",
     ]
+    if "recommendation" in results["extrapolation"]["problems"]:
+        captions[1] += " Not conclusions: the runs do not determine the law's model-size term (see Predictions)."
     for found, caption in zip(drawn, captions):
         if found is not None:
             path, ids = found
