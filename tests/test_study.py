@@ -3,6 +3,7 @@ re-running it trains nothing, the honesty guard, the recommendation's compute an
 
 import json
 import math
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -131,15 +132,35 @@ def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
     assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/1"
 
 
+def _run_ids(out):
+    return sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
+
+
 def test_rerunning_reuses_every_finished_run(tiny_study):
     out, first, kwargs = tiny_study
-    before = sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
+    before = _run_ids(out)
     again = S.run("kjv", 1e15, out, **kwargs)
-    after = sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
-    assert after == before
+    assert _run_ids(out) == before
     ids = [row["run_id"] for row in runs.RunIndex(out / "runs").rows()]
     assert sorted(ids) == before  # one index row per run, none twice
     assert [r["loss"] for r in again["rows"]] == [r["loss"] for r in first["rows"]]
+
+
+def test_an_interrupted_study_finishes_without_repeating_runs(tiny_study):
+    """The student killed right after it started (status running, no checkpoint): a re-run trains only it."""
+    out, first, kwargs = tiny_study
+    student = next(r["run_id"] for r in first["rows"] if r["part"] == "distill")
+    summary = runs.read_summary(out / "runs" / student)
+    runs.write_summary(out / "runs" / student, {**summary, "status": "running"})
+    for checkpoint in (out / "runs" / student / runs.CHECKPOINTS_DIR).iterdir():
+        shutil.rmtree(checkpoint)
+    before = _run_ids(out)
+    again = S.run("kjv", 1e15, out, **kwargs)
+    after = _run_ids(out)
+    assert set(before) - set(after) == {student} and len(set(after) - set(before)) == 1  # only the student again
+    assert sorted(row["run_id"] for row in runs.RunIndex(out / "runs").rows()) == after
+    new_student = next(r["run_id"] for r in again["rows"] if r["part"] == "distill")
+    assert new_student in (out / "report.md").read_text() and student not in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args,message", [
