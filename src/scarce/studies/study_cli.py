@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
 from scarce.errors import ScarceError
 from scarce.studies.cli import ExecutorName, ExecutorOptions, Live, Threads, Workers, _executor, _resumable, console
@@ -49,6 +50,13 @@ def study(
     with _resumable():
         results = run(corpus, flops, out, _whole("--unique-tokens", unique_tokens), budget_hours, chosen, workers,
                       threads, list(overrides or []), intervention, bootstrap, console=console, live=live)
+    table = Table("intervention", "verdict", "Δ loss, same setting", "multiplier k [95%]", header_style="bold")
+    for e in results["effects"]:
+        k = e["multiplier"]
+        interval = f" [{k['interval'][0]:.3g}, {k['interval'][1]:.3g}]" if k and k["interval"] and None not in k["interval"] else ""
+        table.add_row(e["name"], e["verdict"], "–" if e["delta_data"] is None else f"{e['delta_data']:+.4f}",
+                      f"{k['value']:.3g}{interval}" if k and k["value"] is not None else "–")
+    console.print(table)
     best = results["extrapolation"].get("best")
     console.print(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
     if best is None:
