@@ -130,9 +130,8 @@ def select_interventions(names: Sequence[str] | None) -> list[Intervention]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ScarceError(f"unknown intervention {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
-    chosen = [known[n] for n in dict.fromkeys(names)]
-    # Every intervention but tuning is measured on top of the tuned grid, which is always run.
-    return chosen if chosen[0].name == "tuned" or any(i.name == "tuned" for i in chosen) else [known["tuned"], *chosen]
+    # Every other intervention is measured on top of the tuned grid, which is always run and reported.
+    return [known[n] for n in dict.fromkeys(["tuned", *names])]
 
 
 # ---------------------------------------------------------------- inputs
@@ -180,13 +179,15 @@ def check_inputs(corpus: str, flops: float, unique_tokens: int | None, hours: fl
     if unique_tokens is not None and unique_tokens < 2:
         raise ScarceError(f"--unique-tokens must be at least 2, got {unique_tokens}")
     chosen = select_interventions(interventions)
-    base = base_config(corpus, out, overrides)
     from scarce.data.corpora import list_corpora
     from scarce.data.store import prepare_store
 
-    if corpus not in list_corpora() and not Path(corpus).exists():
-        raise ScarceError(f"unknown corpus {corpus!r}: not a catalog name ({', '.join(list_corpora())}) "
-                          "and no such file or directory")
+    if corpus not in list_corpora():
+        if not Path(corpus).exists():
+            raise ScarceError(f"unknown corpus {corpus!r}: not a catalog name ({', '.join(list_corpora())}) "
+                              "and no such file or directory")
+        corpus = str(Path(corpus).resolve())  # runs are keyed by their config: the same path from any directory
+    base = base_config(corpus, out, overrides)
     store = prepare_store(corpus, **base.data.store_options())
     available = store.train_token_count
     if unique_tokens is not None and unique_tokens > available:
@@ -323,7 +324,7 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
             for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in i.where(budgets)]
-    ensembles = sorted({d for i in interventions if i.measure in ("ensemble", "distill") for d in i.where(budgets)})
+    ensembles = list(budgets)  # seeds of every tuned setting: the spread every verdict is judged against
     after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
@@ -527,7 +528,8 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
-        wants_members = {d for i in active if i.measure in ("ensemble", "distill") for d in i.where(design.budgets)}
+        # Seeds of the tuned setting at every budget: the ensembles, and the seed-to-seed spread every verdict needs.
+        wants_members = set(design.budgets)
         for intervention in active:
             if intervention.measure != "single":
                 continue
