@@ -1008,7 +1008,6 @@ def recommend(recipes: list[dict], rows: Sequence[Row], inputs: Inputs, base: Ru
         return None
     best = min(usable, key=lambda r: r["loss"]["value"])
     measured = [r for r in rows if r.loss is not None]
-    largest_params, largest_unique = max(r.params for r in measured), max(r.unique_tokens for r in measured)
     grid = [r for r in measured if r.part == "grid"]
     wd = STANDARD_WEIGHT_DECAY
     if best["recipe"] != "standard":  # the tuned weight decay at the largest size and budget measured
@@ -1018,14 +1017,21 @@ def recommend(recipes: list[dict], rows: Sequence[Row], inputs: Inputs, base: Ru
         **{k: best[k] for k in ("recipe", "params", "tokens", "epochs", "loss", "asymptote", "data_efficiency")},
         "nearest_size": nearest_size(best["params"]["value"], base.data.vocab_size, base.model.seq_len),
         "weight_decay": wd,
-        "scale": {
-            "params_measured": [min(r.params for r in measured), largest_params],
-            "unique_tokens_measured": [min(r.unique_tokens for r in measured), largest_unique],
-            "flops_largest_run": max(r.flops for r in measured),
-            "params_factor": best["params"]["value"] / largest_params,
-            "unique_tokens_factor": inputs.unique_tokens / largest_unique,
-            "flops_factor": inputs.flops / max(r.flops for r in measured),
-        },
+        "params_factor": best["params"]["value"] / max(r.params for r in measured),
+    }
+
+
+def measured_scale(rows: Sequence[Row], inputs: Inputs) -> dict | None:
+    """The range the study measured, and how far the user's U and C lie beyond it."""
+    measured = [r for r in rows if r.loss is not None]
+    if not measured:
+        return None
+    return {
+        "params_measured": [min(r.params for r in measured), max(r.params for r in measured)],
+        "unique_tokens_measured": [min(r.unique_tokens for r in measured), max(r.unique_tokens for r in measured)],
+        "flops_largest_run": max(r.flops for r in measured),
+        "unique_tokens_factor": inputs.unique_tokens / max(r.unique_tokens for r in measured),
+        "flops_factor": inputs.flops / max(r.flops for r in measured),
     }
 
 
@@ -1046,6 +1052,7 @@ def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervent
     return {
         "schema": "scarce.study/1", "inputs": inputs.key(), "design": asdict(design), "spread": spread,
         "effects": [asdict(e) for e in effects], "extrapolation": extrapolation,
+        "scale": measured_scale(study.rows, inputs),
         "ensembles": study.ensembles, "rows": [asdict(r) for r in study.rows], "failed": study.failed,
         "bootstrap": bootstrap,
     }

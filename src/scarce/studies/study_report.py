@@ -256,13 +256,16 @@ def recommendation(results: dict) -> list[tuple]:
             text += (f"; the standard recipe would need {_est(eff)}× these unique tokens to reach that (data "
                      f"efficiency vs the standard recipe).")
         blocks.append(("p", text if text.endswith(".") else text + "."))
-        s = best["scale"]
+    s = results.get("scale")
+    if s:
+        reach = (f"the recommendation extrapolates {best['params_factor']:.3g}× in parameters, "
+                 if best is not None else "your budget lies ")
         blocks.append(("p", f"Scale: measured at {s['params_measured'][0]:,}–{s['params_measured'][1]:,} non-embedding "
                             f"parameters and {s['unique_tokens_measured'][0]:,}–{s['unique_tokens_measured'][1]:,} unique "
-                            f"tokens, runs of up to {s['flops_largest_run']:.3g} FLOPs; the recommendation extrapolates "
-                            f"{s['params_factor']:.3g}× in parameters, {s['unique_tokens_factor']:.3g}× in unique tokens "
-                            f"and {s['flops_factor']:.3g}× in compute. Intervals are 95% bootstrap intervals over the "
-                            f"runs; they do not cover the error of the law's form, which grows with extrapolation."))
+                            f"tokens, runs of up to {s['flops_largest_run']:.3g} FLOPs; {reach}"
+                            f"{s['unique_tokens_factor']:.3g}× in unique tokens and {s['flops_factor']:.3g}× in compute "
+                            f"beyond that. Intervals are 95% bootstrap intervals over the runs; they do not cover the "
+                            f"error of the law's form, which grows with extrapolation."))
     if results["failed"]:
         blocks.append(("p", f"{len(results['failed'])} of the study's runs failed or diverged (listed under 'What this "
                             f"study could not conclude'); re-run the command to retry them.", True))
