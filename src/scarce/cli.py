@@ -15,6 +15,7 @@ from scarce.laws import cli as laws_cli
 from scarce.studies import cli as studies_cli
 from scarce.studies import specialize_cli
 from scarce.studies import ensemble_cli
+from scarce.studies import study_cli
 
 app = typer.Typer(
     help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -182,6 +183,7 @@ app.command("plan-specialize")(specialize_cli.plan_specialize)
 app.add_typer(ensemble_cli.ensemble_app, name="ensemble")
 app.command("sample")(ensemble_cli.sample)
 app.command("distill")(ensemble_cli.distill)
+app.command("study")(study_cli.study)
 
 
 def main():

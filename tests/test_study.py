@@ -1,0 +1,179 @@
+"""`scarce study`: the design fits its time budget, a tiny study writes a report naming its runs and
+re-running it trains nothing, the honesty guard, the recommendation's compute and data, and bad input."""
+
+import json
+import math
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from scarce import runs
+from scarce.cli import app
+from scarce.data.store import prepare_store
+from scarce.errors import ScarceError
+from scarce.executors import make_executor
+from scarce.laws import DataConstrained
+from scarce.studies import study as S
+
+runner = CliRunner()
+RECIPE = ["model.seq_len=32", "data.vocab_size=512", "data.eval_tokens=512", "train.batch_size=8"]  # 256-token steps
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kjv_store():
+    prepare_store("kjv", vocab_size=512)
+
+
+def _inputs(hours, unique_tokens=1_000_000):
+    return S.Inputs("kjv", 1e17, unique_tokens, unique_tokens, hours, 2, [], [])
+
+
+SECONDS_PER_TOKEN = {"micro": 1 / 5000, "tiny": 1 / 2000, "small": 1 / 600}
+
+
+@pytest.mark.parametrize("hours", [0.05, 0.3, 1.0, 4.0])
+def test_design_fits_the_time_budget(tmp_path, hours):
+    base = S.base_config("kjv", tmp_path, [])
+    design = S.design_study(_inputs(hours), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    assert design.predicted_seconds <= hours * 3600 * (1 - S.ANALYSIS_FRACTION)
+    step = S.step_tokens(base)
+    assert all(d % step == 0 for d in design.budgets) and design.budgets == sorted(design.budgets)
+    assert S.STANDARD_WEIGHT_DECAY in design.weight_decays
+
+
+def test_more_time_buys_a_richer_design_and_budgets_stay_within_u(tmp_path):
+    base = S.base_config("kjv", tmp_path, [])
+    small = S.design_study(_inputs(0.05), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    large = S.design_study(_inputs(4.0), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    assert len(large.sizes) >= len(small.sizes) and large.predicted_seconds > small.predicted_seconds
+    capped = S.design_study(_inputs(4.0, unique_tokens=20_000), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    assert max(capped.budgets) <= 20_000
+
+
+def test_budget_too_small_for_one_run_and_corpus_too_small_are_errors(tmp_path):
+    base = S.base_config("kjv", tmp_path, [])
+    with pytest.raises(ScarceError, match="--budget-hours 1e-05 is too small for even one run"):
+        S.design_study(_inputs(1e-5), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    with pytest.raises(ScarceError, match="gives 1,000 unique tokens, fewer than the smallest study budget"):
+        S.design_study(_inputs(1.0, unique_tokens=1000), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+
+
+def test_interventions_are_data_and_guarded():
+    assert [i.name for i in S.select_interventions(["mir"])] == ["tuned", "mir"]
+    with pytest.raises(ScarceError, match="unknown intervention 'dropout'"):
+        S.select_interventions(["dropout"])
+    procedural = next(i for i in S.INTERVENTIONS if i.name == "procedural")
+    reason = procedural.requires(S.base_config("kjv", "/tmp/unused", []))
+    assert (reason is None) == ("procedural" in S.RunConfig.model_fields)
+    specialize = next(i for i in S.INTERVENTIONS if i.name == "specialize")
+    assert "domain corpus" in specialize.requires(S.base_config("kjv", "/tmp/unused", []))
+
+
+def _effect(delta, spread, interval):
+    k = None if interval is None else {"value": math.sqrt(interval[0] * interval[1]), "interval": interval}
+    return S.Effect("mir", "MIR", "tuned", "measured", delta_data=delta, spread=spread, multiplier=k)
+
+
+@pytest.mark.parametrize("delta,spread,interval,verdict", [
+    (-0.004, 0.01, [1.2, 1.5], S.NOT_DISTINGUISHABLE),  # within the seed spread, however good k looks
+    (-0.05, 0.01, [0.9, 1.5], S.NOT_DISTINGUISHABLE),  # interval includes 1×
+    (-0.05, None, [1.2, 1.5], S.NOT_DISTINGUISHABLE),  # spread unknown
+    (-0.05, 0.01, [1.2, 1.5], "gain"),
+    (0.05, 0.01, [0.5, 0.8], "loss"),
+])
+def test_honesty_guard(delta, spread, interval, verdict):
+    effect = _effect(delta, spread, interval)
+    S.judge(effect)
+    assert effect.verdict == verdict, effect.verdict_reason
+
+
+def test_recommendation_spends_c_flops_and_at_most_u_unique_tokens():
+    law = S._with_params(DataConstrained(), {"E": 2.0, "A": 40.0, "alpha": 0.3, "B": 300.0, "beta": 0.3, "R_star_D": 15.0})
+    flops, unique = 1e17, 2e6
+    plain = S.predict_recipe(law, 1.0, [], 1.0, flops, unique)
+    n, tokens, epochs = plain["params"]["value"], plain["tokens"]["value"], plain["epochs"]["value"]
+    assert 6 * n * tokens == pytest.approx(flops, rel=1e-6)
+    assert tokens / epochs <= unique * (1 + 1e-9)
+    costly = S.predict_recipe(law, 1.0, [], 2.0, flops, unique)  # twice the FLOPs per token: half the tokens
+    assert 6 * costly["params"]["value"] * costly["tokens"]["value"] == pytest.approx(flops / 2, rel=1e-6)
+    worth_more = S.predict_recipe(law, 2.0, [], 1.0, flops, unique)  # k = 2: as if U were doubled
+    assert worth_more["loss"]["value"] < plain["loss"]["value"]
+    assert plain["asymptote"]["value"] == pytest.approx(S.asymptote_at(law.params_, unique))
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "kjv"
+    design = S.Design("test", ["micro"], [1024], [1, 2], [0.1, 1.6], 2, 1, {"micro": 1e-4}, 0.0, 0.01)
+    kwargs = dict(hours=0.01, executor=make_executor("serial", threads=1), overrides=RECIPE,
+                  interventions=["tuned", "mir", "ensemble", "distill"], bootstrap=10, design=design, live=False)
+    results = S.run("kjv", 1e15, out, **kwargs)
+    return out, results, kwargs
+
+
+def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
+    out, results, _ = tiny_study
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    run_dirs = [p for p in (out / "runs").iterdir() if (p / "summary.json").is_file()]
+    assert len(run_dirs) == 4 + 1 + 1 + 1  # grid, MIR, a second ensemble member, the student
+    for run_dir in run_dirs:
+        assert run_dir.name in md and run_dir.name in page
+        loss = runs.read_summary(run_dir)["final_val_loss"]
+        row = next(r for r in results["rows"] if r["run_id"] == run_dir.name)
+        assert row["loss"] == loss and f"{loss:.4f}" in md  # the report's numbers are the runs' numbers
+    first = md.splitlines()[2]
+    assert first.startswith("**No recommendation") or first.startswith("**Recommendation")
+    assert "data:image/png;base64," in page and "src='http" not in page and "figures/" not in page
+    assert "not distinguishable from zero at this scale" in md
+    effects = {e["name"]: e for e in results["effects"]}
+    assert effects["ensemble"]["status"] == "measured" and len(effects["ensemble"]["runs"]) == 2
+    assert effects["distill"]["status"] == "measured" and effects["mir"]["cost"] == pytest.approx(2, rel=0.05)
+    assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/1"
+
+
+def _run_ids(out):
+    return sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
+
+
+def test_rerunning_reuses_every_finished_run(tiny_study):
+    out, first, kwargs = tiny_study
+    before = _run_ids(out)
+    again = S.run("kjv", 1e15, out, **kwargs)
+    assert _run_ids(out) == before
+    ids = [row["run_id"] for row in runs.RunIndex(out / "runs").rows()]
+    assert sorted(ids) == before  # one index row per run, none twice
+    assert [r["loss"] for r in again["rows"]] == [r["loss"] for r in first["rows"]]
+
+
+def test_an_interrupted_study_finishes_without_repeating_runs(tiny_study):
+    """The student killed right after it started (status running, no checkpoint): a re-run trains only it."""
+    out, first, kwargs = tiny_study
+    student = next(r["run_id"] for r in first["rows"] if r["part"] == "distill")
+    summary = runs.read_summary(out / "runs" / student)
+    runs.write_summary(out / "runs" / student, {**summary, "status": "running"})
+    for checkpoint in (out / "runs" / student / runs.CHECKPOINTS_DIR).iterdir():
+        shutil.rmtree(checkpoint)
+    before = _run_ids(out)
+    again = S.run("kjv", 1e15, out, **kwargs)
+    after = _run_ids(out)
+    assert set(before) - set(after) == {student} and len(set(after) - set(before)) == 1  # only the student again
+    assert sorted(row["run_id"] for row in runs.RunIndex(out / "runs").rows()) == after
+    new_student = next(r["run_id"] for r in again["rows"] if r["part"] == "distill")
+    assert new_student in (out / "report.md").read_text() and student not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["kjv", "--flops", "0"], "--flops must be a positive number of training FLOPs, got 0"),
+    (["kjv", "--flops", "-1e18"], "--flops must be a positive number of training FLOPs, got -1e+18"),
+    (["no-such-corpus", "--flops", "1e18"], "unknown corpus 'no-such-corpus'"),
+    (["kjv", "--flops", "1e18", "--unique-tokens", "1e12"], "--unique-tokens 1,000,000,000,000 exceeds the"),
+    (["kjv", "--flops", "1e18", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["kjv", "--flops", "1e18", "--intervention", "dropout"], "unknown intervention 'dropout'"),
+    (["kjv", "--flops", "1e18", "--budget-hours", "0"], "--budget-hours must be positive, got 0"),
+])
+def test_bad_input_is_one_error_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["study", *args, "--out", str(out), *RECIPE])
+    assert isinstance(result.exception, ScarceError) and message in str(result.exception)
+    assert not out.exists()
