@@ -92,16 +92,10 @@ class Intervention:
         return list(budgets) if self.budgets == "all" else list(budgets[:1])
 
 
-def _needs_procedural(base: RunConfig) -> str | None:
-    if "procedural" not in RunConfig.model_fields:
-        return "requires the [procedural] section (a procedural warm-up before the natural stage), not in this version"
-    return None
-
-
 def _procedural_overrides(config: RunConfig) -> dict[str, Any]:
     natural = (config.data.unique_tokens or 0) * config.train.epochs
     step = config.train.batch_size * config.model.seq_len
-    return {"procedural.task": "dyck", "procedural.transfer": "attention,mlp",
+    return {"procedural.task": "dyck", "procedural.transfer": ["attention", "mlp"],
             "procedural.tokens": max(step, int(PROCEDURAL_FRACTION * natural) // step * step)}
 
 
@@ -118,7 +112,7 @@ INTERVENTIONS: tuple[Intervention, ...] = (
     Intervention("distill", "sequence distillation from the ensemble", "distill",
                  overrides={"distill.weight": DISTILL_WEIGHT}, budgets="smallest"),
     Intervention("procedural", "procedural warm-up (k-Dyck; attention and MLP transferred)", "single",
-                 overrides=_procedural_overrides, requires=_needs_procedural),
+                 overrides=_procedural_overrides),
     Intervention("specialize", "domain specialization", "specialize", requires=_needs_domains),
 )
 
