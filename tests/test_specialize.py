@@ -13,6 +13,7 @@ from scarce import runs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
+from scarce.executors import make_executor
 from scarce.laws import SpecializationAdditive, SpecializationTransfer
 from scarce.laws.specialization import fit_domains, fitted_laws, plan_specialization
 from scarce.studies.specialize import Grid, Point, run_study, specialist_configs
@@ -29,7 +30,7 @@ def study(tmp_path_factory, write_domains):
     base = resolve_config({"runs_dir": str(folder / "runs"), "data": {"domains": {n: {"source": p} for n, p in paths.items()}}},
                           ["model.seq_len=16", "data.vocab_size=300", "data.eval_tokens=256", "data.val_fraction=0.1",
                            "train.batch_size=8", "train.log_every=50"])
-    return base, run_study(base, Grid(**GRID))
+    return base, run_study(base, Grid(**GRID), executor=make_executor("local", workers=2))  # a process pool
 
 
 def test_the_grid_records_every_point_with_domain_sizes_and_losses(study):
@@ -51,7 +52,7 @@ def test_running_the_study_again_repeats_nothing_and_resumes_an_interrupted_run(
     interrupted = next(base.runs_dir.glob("specialize-micro-D1280-code-256-*"))
     summary = runs.read_summary(interrupted)
     runs.write_summary(interrupted, {**summary, "status": "failed"})
-    again = run_study(base, Grid(**GRID))
+    again = run_study(base, Grid(**GRID), executor="serial")
     assert sorted(p.name for p in base.runs_dir.iterdir() if p.is_dir()) == before
     assert runs.read_summary(interrupted)["status"] == "completed" and len(runs.read_summary(interrupted)["resumes"]) == 1
     assert sorted((p.domain, p.general_tokens, p.domain_tokens) for p in again) == \
@@ -160,11 +161,12 @@ def test_bad_plans_are_clear_errors(document, kwargs, message):
         plan_specialization(fitted_laws(document), options["flops"], options["unique"], options["weights"], tokens_per_step=4096)
 
 
-def test_plan_specialize_command_writes_the_json(document, tmp_path):
+@pytest.mark.parametrize("command", [["plan", "specialize"], ["plan-specialize"]])
+def test_plan_specialize_command_writes_the_json(document, tmp_path, command):
     fit = tmp_path / "fit.json"
     fit.write_text(json.dumps(document))
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(app, ["plan-specialize", str(fit), "--flops", "1e19", "--domain-tokens", "code=5e8",
+    result = CliRunner().invoke(app, [*command, str(fit), "--flops", "1e19", "--domain-tokens", "code=5e8",
                                       "--domain-tokens", "verse=2e8", "--weights", "code=1,verse=1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     plans = json.loads(out.read_text())["plans"]

@@ -10,14 +10,15 @@ The grid, for every model size N:
 
 Every run is in the run store with flat summary keys (domain, params, general_tokens, domain_tokens,
 final_val_loss.NAME); `points` turns them into one row per (domain, N, D, D'), the general models giving
-the D' = 0 points. Runs are keyed by their resolved config: running the study again skips finished
-runs and resumes unfinished ones from their newest checkpoint.
+the D' = 0 points. The runs go through scarce.executors as a study (scarce.studies.sweep.Study), one
+batch of jobs per stage, keyed by their resolved config (`scarce.executors.run_key`): running the study
+again skips finished runs and resumes unfinished ones from their newest checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,14 +26,14 @@ from pathlib import Path
 from rich.console import Console
 
 from scarce import runs
+from scarce.atomic import write_bytes_atomic, write_json_atomic
 from scarce.config import RunConfig, resolve_config
 from scarce.errors import ScarceError
+from scarce.executors import Executor, make_executor
+from scarce.studies.sweep import Study, check_study_name
 
 # A specialist re-warms: a fresh warm-up to the peak lr, then cosine to the floor over its D' tokens.
 SPECIALIST_DEFAULTS = ["optim.schedule=cosine", "optim.warmup_fraction=0.1"]
-# Config keys that change no result: a run is found again by everything else.
-KEY_EXCLUDED = ("name", "runs_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                "train.device", "train.compile")
 
 
 @dataclass
@@ -55,66 +56,6 @@ class Point:
     domain_tokens: int  # D' (0: the general model itself)
     loss: float  # on this domain's held-out documents, nats/token
     run_id: str
-
-
-# ---------------------------------------------------------------- running configs
-
-
-def run_key(config: RunConfig) -> str:
-    data = runs._flatten(config.model_dump(mode="json"))
-    for key in KEY_EXCLUDED:
-        data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _existing_runs(runs_dir: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    if not Path(runs_dir).is_dir():
-        return found
-    for path in sorted(Path(runs_dir).iterdir()):
-        if path.is_dir() and not path.name.startswith(".") and (path / runs.CONFIG_FILE).is_file():
-            try:
-                key = run_key(RunConfig.model_validate(runs.read_config(path)))
-            except Exception:  # a run of another scarce version or a damaged config: not one of ours
-                continue
-            found.setdefault(key, []).append(path)
-    return found
-
-
-def run_configs(configs: list[RunConfig], executor: str = "local", console: Console | None = None) -> list[Path]:
-    """Run every config (or find it done), returning their run directories in order.
-
-    A config whose run completed is not run again; one whose run stopped part-way resumes from its
-    newest checkpoint; the rest start fresh.
-    """
-    from scarce.train.checkpoint import checkpoint_dirs
-    from scarce.train.trainer import resume, train
-
-    if executor != "local":
-        raise ScarceError(f"--executor {executor!r}: only 'local' (one run at a time, in this process) is available")
-    console = console or Console(stderr=True)
-    existing = _existing_runs(configs[0].runs_dir) if configs else {}
-    run_dirs = []
-    # EXECUTOR: scarce.executors plugs in here: hand the jobs below (a config, or a run dir to resume) to
-    # make_executor(executor).run(jobs) and read the run dirs from its results; this loop is its serial form.
-    for i, config in enumerate(configs, 1):
-        done, partial = None, None
-        for path in existing.get(run_key(config), []):
-            status = runs.read_summary(path).get("status") if (path / runs.SUMMARY_FILE).exists() else None
-            if status == "completed":
-                done = path
-            elif checkpoint_dirs(path / runs.CHECKPOINTS_DIR):
-                partial = path
-        if done is not None:
-            console.print(f"[{i}/{len(configs)}] {config.name}: done earlier ({done.name})")
-            run_dirs.append(done)
-        elif partial is not None:
-            console.print(f"[{i}/{len(configs)}] {config.name}: resuming {partial.name}")
-            run_dirs.append(resume(partial, progress=False))
-        else:
-            console.print(f"[{i}/{len(configs)}] {config.name}")
-            run_dirs.append(train(config, progress=False))
-    return run_dirs
 
 
 # ---------------------------------------------------------------- the grid
@@ -233,22 +174,49 @@ def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study:
     return configs
 
 
-def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: str = "local",
-              console: Console | None = None) -> list[Point]:
-    """Run (or finish) the whole grid and return its points; writes `<runs_dir>/<study>-points.csv`."""
+def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: Executor | str = "local",
+              console: Console | None = None, live: bool = False) -> list[Point]:
+    """Run (or finish) the whole grid and return its points; writes `<runs_dir>/<study>-points.csv` and
+    `<runs_dir>/<study>-unique-tokens.json`.
+
+    base: a config with `data.domains`; grid: what to run; study: the study's name (its runs carry
+    `study = NAME`, its manifest is `<runs_dir>/sweeps/NAME/manifest.json`); executor: a
+    `scarce.executors.Executor` or its name ("local", "serial", "submitit", "ray"). Each stage (trunks,
+    decay branches, specialists) is one batch of jobs for the executor, since each starts from the last
+    stage's runs. Calling it again skips finished runs and resumes unfinished ones (`Study.run`).
+    """
     console = console or Console(stderr=True)
+    check_study_name(study)
     unique = _check(base, grid)
-    console.rule(f"{study}: {len(grid.sizes)} trunk(s)")
-    trunks = run_configs(trunk_configs(base, grid, study), executor, console)
-    console.rule(f"{study}: decay branches")
-    branches = run_configs(branch_configs(trunks, grid, study), executor, console)
-    generals = trunks + branches
-    console.rule(f"{study}: specialists")
-    specialists = run_configs(specialist_configs(base, generals, grid, study), executor, console)
+    executor = make_executor(executor) if isinstance(executor, str) else executor
+    spec = {"grid": asdict(grid), "base_config": base.model_dump(mode="json")}
+    with Study(study, base.runs_dir, "specialize", spec) as runner:
+        console.print(f"specialize {study}: {len(grid.sizes)} size(s) × {len(grid.general_tokens)} D × "
+                      f"{len(grid.domain_tokens)} D' on {executor.name}; manifest {runner.manifest_path}")
+        stage = lambda what, configs: _run_stage(runner, what, configs, executor, console, live)
+        trunks = stage("trunks", trunk_configs(base, grid, study))
+        generals = trunks + stage("decay branches", branch_configs(trunks, grid, study))
+        specialists = stage("specialists", specialist_configs(base, generals, grid, study))
     found = points(generals + specialists)
     write_points(found, Path(base.runs_dir) / f"{study}-points.csv")
-    (Path(base.runs_dir) / f"{study}-unique-tokens.json").write_text(json.dumps(unique, indent=2) + "\n")
+    write_json_atomic(Path(base.runs_dir) / f"{study}-unique-tokens.json", unique)
     return found
+
+
+def _run_stage(runner: Study, what: str, configs: list[RunConfig], executor: Executor, console: Console,
+               live: bool) -> list[Path]:
+    """One stage as one batch of jobs; the completed runs' directories, in order. A failed run stops the
+    study before the stages that would start from it; a diverged one is left out of them."""
+    console.rule(f"{runner.name}: {len(configs)} {what}")
+    outcomes = runner.run(configs, [{"run": c.name} for c in configs], executor, console, live=live, keep_names=True)
+    failed = [o for o in outcomes if o.status not in ("completed", "diverged")]
+    if failed:
+        raise ScarceError(f"{len(failed)} of the {what} failed ({', '.join(o.point['run'] for o in failed)}; logs in "
+                          f"{runner.dir / 'logs'}): fix the cause and run the same study again to resume them")
+    for o in outcomes:
+        if o.status == "diverged":
+            console.print(f"[yellow]{o.point['run']} diverged[/yellow]: nothing is built on it", highlight=False)
+    return [o.run_dir for o in outcomes if o.status == "completed"]
 
 
 # ---------------------------------------------------------------- points
@@ -272,9 +240,6 @@ def points(run_dirs: list[Path]) -> list[Point]:
 
 
 def write_points(found: list[Point], path: Path) -> Path:
-    from scarce.atomic import write_bytes_atomic
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[f for f in Point.__dataclass_fields__])
     writer.writeheader()

@@ -1,4 +1,5 @@
-"""`scarce specialize` (the grid, its points and fits) and `scarce plan-specialize` (the compute split)."""
+"""`scarce specialize` (the grid, its points and fits) and `scarce plan specialize` (the compute split; also
+spelled `scarce plan-specialize`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,23 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from scarce.errors import ScarceError
+from scarce.studies.cli import ExecutorName, ExecutorOptions, Live, Threads, Workers, _executor, _resumable
 
 console = Console()
+
+
+class PlanSpecializeGroup(TyperGroup):
+    """The main app's command group, reading `scarce plan specialize FIT.json ...` as `scarce plan-specialize
+    FIT.json ...`. `scarce plan` takes a fit file as its first argument, so it cannot also have subcommands;
+    `specialize` there names this command unless a file of that name exists."""
+
+    def parse_args(self, ctx, args):
+        if args[:2] == ["plan", "specialize"] and not Path("specialize").exists():
+            args = ["plan-specialize", *args[2:]]
+        return super().parse_args(ctx, args)
 
 
 def _numbers(values: list[str], what: str) -> list[int]:
@@ -55,7 +69,11 @@ def specialize(
         help="Override for the specialists only, e.g. --specialist optim.lr=1e-3 (default: re-warmed cosine)")] = None,
     repeat: Annotated[bool, typer.Option(help="Allow D' above a domain's unique tokens (repeated epochs)")] = True,
     study: Annotated[str, typer.Option(help="Study name: run names and the study column")] = "specialize",
-    executor: Annotated[str, typer.Option(help="Where runs happen: local (one at a time, here)")] = "local",
+    executor: ExecutorName = "local",
+    workers: Workers = None,
+    threads: Threads = None,
+    executor_option: ExecutorOptions = None,
+    live: Live = True,
     law: Annotated[Optional[list[str]], typer.Option(
         help="Laws to fit and compare (default both specialization forms; FILE.py:NAME for your own)")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the fits' intervals")] = 100,
@@ -65,13 +83,13 @@ def specialize(
     from scarce.config import load_config
     from scarce.studies.specialize import Grid, run_study
 
-    overrides = list(overrides or [])
-    base = load_config(config, overrides)
+    base = load_config(config, list(overrides or []))
     grid = Grid(sizes=[s.strip() for item in sizes for s in item.split(",") if s.strip()],
                 general_tokens=_numbers(general_tokens, "--general-tokens"),
                 domain_tokens=_numbers(domain_tokens, "--domain-tokens"), decay_fraction=decay_fraction,
                 warmup_tokens=warmup_tokens, specialist_overrides=list(specialist or []), domains=domain, repeat=repeat)
-    found = run_study(base, grid, study, executor)
+    with _resumable():
+        found = run_study(base, grid, study, _executor(executor, workers, threads, executor_option), console, live)
     table = Table("domain", "params", "D", "D'", "loss", title=f"{study}: {len(found)} points")
     for p in sorted(found, key=lambda p: (p.domain, p.params, p.general_tokens, p.domain_tokens)):
         table.add_row(p.domain, f"{p.params:,}", f"{p.general_tokens:,}", f"{p.domain_tokens:,}", f"{p.loss:.4f}")
