@@ -40,11 +40,11 @@ SPECIALIST_DEFAULTS = ["optim.schedule=cosine", "optim.warmup_fraction=0.1"]
 class Grid:
     sizes: list[str]  # model sizes (scarce.model.SIZES)
     general_tokens: list[int]  # D
-    domain_tokens: list[int]  # D'
+    domain_tokens: list[int] | dict[str, list[int]]  # D' for every domain specialized, or per domain {name: [D']}
     decay_fraction: float = 0.2  # of each D: the length of its decay branch
     warmup_tokens: int | None = None  # the general phase's warm-up; None: 1% of the smallest D
     specialist_overrides: list[str] = field(default_factory=list)  # e.g. optim.lr=1e-3
-    domains: list[str] | None = None  # the domains to specialize on; None: every domain
+    domains: list[str] | None = None  # the domains to specialize on; None: every domain (or domain_tokens' keys)
     repeat: bool = True  # may a specialist repeat its domain (D' above the domain's unique tokens)?
 
 
@@ -86,14 +86,22 @@ def _check(base: RunConfig, grid: Grid) -> dict[str, int]:
             raise ScarceError(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
     if not 0 < grid.decay_fraction < 1:
         raise ScarceError(f"--decay-fraction must be between 0 and 1, got {grid.decay_fraction}")
-    for name in grid.domains or []:
+    named = list(grid.domain_tokens) if isinstance(grid.domain_tokens, dict) else []
+    for name in (grid.domains or []) + named:
         if name not in base.data.domains:
             raise ScarceError(f"--domain {name!r} is not a domain of the config's data.domains "
                               f"({', '.join(base.data.domains)})")
+    step_tokens = base.train.batch_size * base.model.seq_len
+    for d in grid.general_tokens:  # before anything runs: whole steps, and a constant phase before each decay
+        branch_point(d, grid.decay_fraction, step_tokens)
     budgets = domain_budgets(base.data, prepare_data(base.data))
     unique = {name: len(tokens) for name, tokens in budgets.items()}
-    for name in grid.domains or list(base.data.domains):
-        over = [d for d in grid.domain_tokens if d > unique[name]]
+    for name, values in specialist_tokens(base, grid).items():
+        if not values:
+            raise ScarceError(f"--domain-tokens needs at least one value for domain {name!r}")
+        for d in values:
+            _whole_steps(d, step_tokens, "--domain-tokens")
+        over = [d for d in values if d > unique[name]]
         if over and not grid.repeat:
             raise ScarceError(f"--domain-tokens {over[0]} exceeds domain {name!r}'s {unique[name]} unique tokens and "
                               f"repetition is off: lower it, raise data.domains.{name}.unique_tokens, or pass --repeat")
@@ -149,6 +157,14 @@ def branch_configs(trunks: list[Path], grid: Grid, study: str) -> list[RunConfig
     return configs
 
 
+def specialist_tokens(base: RunConfig, grid: Grid) -> dict[str, list[int]]:
+    """The D' values of each domain specialized on, in the config's domain order."""
+    if isinstance(grid.domain_tokens, dict):
+        chosen = [n for n in base.data.domains if n in grid.domain_tokens and (not grid.domains or n in grid.domains)]
+        return {n: list(grid.domain_tokens[n]) for n in chosen}
+    return {n: list(grid.domain_tokens) for n in base.data.domains if not grid.domains or n in grid.domains}
+
+
 def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study: str) -> list[RunConfig]:
     """Every general model continued on each domain alone for each D' (the other domains weighted 0: the
     same store and tokenizer, and evaluated on every domain)."""
@@ -157,9 +173,9 @@ def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study:
     for general in generals:
         source = RunConfig.model_validate(runs.read_config(general))
         d = runs.read_summary(general)["tokens_seen"]
-        for domain in grid.domains or list(base.data.domains):
+        for domain, values in specialist_tokens(base, grid).items():
             weights = [f"data.domains.{name}.weight={1.0 if name == domain else 0.0}" for name in base.data.domains]
-            for d_spec in grid.domain_tokens:
+            for d_spec in values:
                 steps = _whole_steps(d_spec, step_tokens, "--domain-tokens")
                 data = _dump(base)
                 # the general phase's absolute warm-up and decay are not the specialist's: it re-warms
@@ -192,7 +208,7 @@ def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: 
     spec = {"grid": asdict(grid), "base_config": base.model_dump(mode="json")}
     with Study(study, base.runs_dir, "specialize", spec) as runner:
         console.print(f"specialize {study}: {len(grid.sizes)} size(s) × {len(grid.general_tokens)} D × "
-                      f"{len(grid.domain_tokens)} D' on {executor.name}; manifest {runner.manifest_path}")
+                      f"{sum(map(len, specialist_tokens(base, grid).values()))} (domain, D') on {executor.name}; manifest {runner.manifest_path}")
         stage = lambda what, configs: _run_stage(runner, what, configs, executor, console, live)
         trunks = stage("trunks", trunk_configs(base, grid, study))
         generals = trunks + stage("decay branches", branch_configs(trunks, grid, study))
