@@ -116,11 +116,16 @@ def effective_tokens(tokens: float, unique: float | None) -> float:
 
 
 def _loss(law: Law, params: float, general: float, domain: float) -> float:
+    predict = lambda d: float(law.predict({"N": [params], "D": [d], "D_spec": [domain]})[0])
     try:
-        value = law.predict({"N": [params], "D": [max(general, NO_TOKENS)], "D_spec": [domain]})[0]
+        value = predict(max(general, NO_TOKENS))
+        # D = 0 stands in as a vanishing D: a form whose prediction still moves there has no D → 0 limit
+        # (the additive form's B/D^β grows without bound), so it cannot predict a domain-only model
+        if general < NO_TOKENS and not math.isclose(value, predict(math.sqrt(NO_TOKENS)), rel_tol=1e-9):
+            return math.inf
     except ScarceError:  # a form that cannot take this point (the additive form at D' = 0)
         return math.inf
-    return float(value) if np.isfinite(value) else math.inf
+    return value if np.isfinite(value) else math.inf
 
 
 def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Mapping[str, float],
