@@ -104,7 +104,8 @@ def main():
         "points": [asdict(p) for p in found],
         "comparison": {h: {d: e.get("comparison", e.get("error")) for d, e in f["domains"].items()} for h, f in fits.items()},
         "chosen_laws": {d: e.get("chosen") for d, e in document["domains"].items()},
-        "fits": {d: e.get("fits") for d, e in document["domains"].items()},
+        # each law's parameters with their bootstrap intervals (the whole fits: RUNS/specialize-evidence-fit.json)
+        "fits": {d: {f["law"]["name"]: f["parameters"] for f in e.get("fits", [])} for d, e in document["domains"].items()},
         "plan": {"flops": flops, "params": params, "size": setup["plan_size"], "strategies": plans,
                  "trained": {"general_tokens": general_tokens, "domain_tokens": domain_tokens,
                              "flops": 6 * params * (general_tokens + sum(domain_tokens.values()))}},
