@@ -21,7 +21,7 @@ writing into its runs directory. Not part of the tests.
 import argparse
 import json
 import math
-import platform
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -35,6 +35,9 @@ from scarce.laws.specialization import HOLDOUTS, effective_tokens, fit_domains, 
 from scarce.studies.specialize import Grid, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' machine description
+from machine import cpu_model  # noqa: E402
+
 CONFIG = ROOT / "examples" / "specialize.toml"
 RECIPE = ["train.log_every=20"]  # examples/specialize.toml as it is: vocab 4096, context 128, batch 16, lr 3e-3
 WARMUP_TOKENS = 4096  # two steps, in the grid and the planned runs alike
@@ -97,7 +100,7 @@ def main():
 
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{_cpu_model()}, {args.workers} workers × 1 thread",
+        "machine": f"{cpu_model()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started,
         "quick": args.quick, "config": str(CONFIG.relative_to(ROOT)), "recipe": RECIPE,
         "grid": asdict(grid), "tokens_per_step": step_tokens, "unique_tokens": unique,
@@ -139,16 +142,6 @@ def _validate(laws, trained, params, general_tokens, domain_tokens, total_tokens
                          "predicted": predicted, "measured": measured,
                          "error_log": None if predicted is None else math.log(predicted / measured)})
     return rows
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _table(result: dict) -> list[str]:
