@@ -13,6 +13,7 @@ from scarce import runs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
+from scarce.executors import make_executor
 from scarce.laws import SpecializationAdditive, SpecializationTransfer
 from scarce.laws.specialization import fit_domains, fitted_laws, plan_specialization
 from scarce.studies.specialize import Grid, Point, run_study, specialist_configs
@@ -29,7 +30,7 @@ def study(tmp_path_factory, write_domains):
     base = resolve_config({"runs_dir": str(folder / "runs"), "data": {"domains": {n: {"source": p} for n, p in paths.items()}}},
                           ["model.seq_len=16", "data.vocab_size=300", "data.eval_tokens=256", "data.val_fraction=0.1",
                            "train.batch_size=8", "train.log_every=50"])
-    return base, run_study(base, Grid(**GRID))
+    return base, run_study(base, Grid(**GRID), executor=make_executor("local", workers=2))  # a process pool
 
 
 def test_the_grid_records_every_point_with_domain_sizes_and_losses(study):
@@ -51,7 +52,7 @@ def test_running_the_study_again_repeats_nothing_and_resumes_an_interrupted_run(
     interrupted = next(base.runs_dir.glob("specialize-micro-D1280-code-256-*"))
     summary = runs.read_summary(interrupted)
     runs.write_summary(interrupted, {**summary, "status": "failed"})
-    again = run_study(base, Grid(**GRID))
+    again = run_study(base, Grid(**GRID), executor="serial")
     assert sorted(p.name for p in base.runs_dir.iterdir() if p.is_dir()) == before
     assert runs.read_summary(interrupted)["status"] == "completed" and len(runs.read_summary(interrupted)["resumes"]) == 1
     assert sorted((p.domain, p.general_tokens, p.domain_tokens) for p in again) == \
@@ -70,10 +71,41 @@ def test_a_specialist_starts_from_exactly_the_general_models_weights(study):
     assert config.optim.schedule == "cosine" and config.optim.warmup_fraction == 0.1  # re-warmed
 
 
+def test_the_command_runs_the_study_through_an_executor_and_finds_it_done(study, tmp_path):
+    base, _ = study
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    overrides = [f"runs_dir={base.runs_dir}", "model.seq_len=16", "data.vocab_size=300", "data.eval_tokens=256",
+                 "data.val_fraction=0.1", "train.batch_size=8", "train.log_every=50",
+                 *[f'data.domains.{n}.source="{d.source}"' for n, d in base.data.domains.items()]]
+    before = sorted(p.name for p in base.runs_dir.iterdir())
+    result = CliRunner().invoke(app, ["specialize", str(empty), *overrides, "--sizes", "micro", "--general-tokens",
+                                      "1280,2560", "--domain-tokens", "256", "--domain", "code", "--executor", "serial",
+                                      "--no-fit", "--no-live"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in base.runs_dir.iterdir()) == before  # every run found done, none repeated
+    manifest = json.loads((base.runs_dir / "sweeps" / "specialize" / "manifest.json").read_text())
+    assert manifest["kind"] == "specialize" and len(manifest["runs"]) == 4  # trunk, branch, two specialists
+    assert all(r["status"] == "completed" for r in manifest["runs"].values())
+    result = CliRunner().invoke(app, ["specialize", str(empty), *overrides, "--sizes", "micro", "--general-tokens",
+                                      "1280", "--domain-tokens", "256", "--workers", "0"])
+    assert isinstance(result.exception, ScarceError) and "--workers must be at least 1" in str(result.exception)
+
+
+def test_each_domain_can_have_its_own_specialization_tokens(study):
+    base, _ = study
+    general = next(base.runs_dir.glob("specialize-micro-D1280-2*"))
+    grid = Grid(sizes=["micro"], general_tokens=[1280], domain_tokens={"code": [128, 256], "verse": [384]})
+    configs = specialist_configs(base, [general], grid, "check")
+    assert sorted((c.name.split("-")[3], c.train.tokens) for c in configs) == [("code", 128), ("code", 256), ("verse", 384)]
+
+
 @pytest.mark.parametrize("grid,message", [
     (dict(GRID, domain_tokens=[4]), "below one optimizer step"),
     (dict(GRID, domains=["latin"]), "'latin' is not a domain"),
     (dict(GRID, domain_tokens=[10**6], repeat=False), "exceeds domain 'code'.*repetition is off"),
+    (dict(GRID, domain_tokens={"latin": [256]}), "'latin' is not a domain"),
+    (dict(GRID, general_tokens=[1280, 4]), "below one optimizer step"),
 ])
 def test_bad_grids_are_clear_errors(study, grid, message):
     base, _ = study
@@ -141,10 +173,35 @@ def test_a_domain_with_too_few_points_is_reported_not_fitted_and_cannot_be_plann
         plan_specialization(fitted_laws(document), 1e19, {"verse": 1e8}, tokens_per_step=4096)
 
 
-def test_the_additive_form_cannot_predict_general_only_and_says_so(document):
+def test_the_additive_form_cannot_predict_general_only_or_domain_only_and_says_so(document):
     laws = fitted_laws(document, "specialization_additive")
     plans = plan_specialization(laws, 1e19, {"code": 5e8}, tokens_per_step=4096)
-    assert plans["general"]["predicted_loss"] is None and "cannot predict" in plans["general"]["note"]
+    for strategy in ("general", "domain"):  # B/D'^δ at D' = 0, B/D^β as D → 0: no finite limit
+        assert plans[strategy]["predicted_loss"] is None and "cannot predict" in plans[strategy]["note"]
+    assert plans["shared"]["predicted_loss"] is not None
+
+
+def test_a_plan_for_a_fixed_model_size_spends_the_budget_on_tokens(document):
+    plans = plan_specialization(fitted_laws(document), 1e17, {"code": 5e8, "verse": 2e8}, tokens_per_step=4096,
+                                params=3e6)
+    for name, p in plans.items():
+        assert p["params"] == pytest.approx(3e6) and p["flops"] <= 1e17, name
+    assert plans["general"]["general_tokens"] == pytest.approx(1e17 / (6 * 3e6), rel=1e-6)
+    with pytest.raises(ScarceError, match="--params must be > 0"):
+        plan_specialization(fitted_laws(document), 1e17, {"code": 5e8}, params=0.0)
+
+
+@pytest.mark.parametrize("holdout,held", [("N", 9), ("D", 12), ("D_spec", 12), ("tokens", 4)])
+def test_the_extrapolation_target_is_chosen_by_holdout(holdout, held):
+    found = [p for p in synthetic_points() if p.domain == "code"]
+    entry = fit_domains(found, [SpecializationTransfer()], holdout=holdout)["domains"]["code"]
+    (row,) = entry["comparison"]
+    assert row["extrapolation_points"] == held and row["extrapolation_rmse_log"] is not None
+
+
+def test_an_unknown_holdout_is_a_clear_error():
+    with pytest.raises(ScarceError, match="--holdout 'params'"):
+        fit_domains(synthetic_points(), [SpecializationTransfer()], holdout="params")
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -160,11 +217,12 @@ def test_bad_plans_are_clear_errors(document, kwargs, message):
         plan_specialization(fitted_laws(document), options["flops"], options["unique"], options["weights"], tokens_per_step=4096)
 
 
-def test_plan_specialize_command_writes_the_json(document, tmp_path):
+@pytest.mark.parametrize("command", [["plan", "specialize"], ["plan-specialize"]])
+def test_plan_specialize_command_writes_the_json(document, tmp_path, command):
     fit = tmp_path / "fit.json"
     fit.write_text(json.dumps(document))
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(app, ["plan-specialize", str(fit), "--flops", "1e19", "--domain-tokens", "code=5e8",
+    result = CliRunner().invoke(app, [*command, str(fit), "--flops", "1e19", "--domain-tokens", "code=5e8",
                                       "--domain-tokens", "verse=2e8", "--weights", "code=1,verse=1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     plans = json.loads(out.read_text())["plans"]

@@ -18,7 +18,8 @@ from scarce.studies import ensemble_cli
 from scarce.studies import study_cli
 
 app = typer.Typer(
-    help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=specialize_cli.PlanSpecializeGroup,  # `scarce plan specialize` = `scarce plan-specialize`
 )
 data_app = typer.Typer(help="Corpora and token stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

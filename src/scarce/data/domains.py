@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from scarce.atomic import make_temp_dir, write_json_atomic
 from scarce.config import DataConfig, RunConfig
-from scarce.data.corpora import corpus_fingerprint, load_documents
+from scarce.data.corpora import corpus_fingerprint
 from scarce.data.sources import Batch, register_source
-from scarce.data.store import (STORE_FORMAT_VERSION, EvalSample, TokenStore, _write_tokens, open_store, prepare_store,
-                               split_documents, token_dtype)
-from scarce.data.tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
+from scarce.data.store import (STORE_FORMAT_VERSION, EvalSample, TokenStore, build_into, fit_tokenizer, open_store,
+                               prepare_store, split_corpus, tokenizing_progress, write_split)
+from scarce.data.tokenizer import Tokenizer
 from scarce.errors import ScarceError
 from scarce.paths import scarce_home
 
@@ -102,52 +98,20 @@ def prepare_domain_store(
 
 
 def _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, root) -> None:
-    splits = {}
-    for name, source in sources.items():
-        documents = load_documents(source)
-        if len(documents) < 2:
-            raise ScarceError(f"data.domains.{name}: corpus {source!r} has {len(documents)} document; a held-out "
-                              "split needs at least 2")
-        train_ids, val_ids = split_documents(len(documents), val_fraction, split_seed)
-        splits[name] = (source, [documents[i] for i in train_ids], [documents[i] for i in val_ids], train_ids, val_ids)
+    splits = {name: split_corpus(source, val_fraction, split_seed, f"data.domains.{name}: corpus", prints[name])
+              for name, source in sources.items()}
     console = Console(stderr=True)
-    if tokenizer == "bpe":
-        every = [doc for _, train_docs, *_ in splits.values() for doc in train_docs]
-        with console.status(f"training a {vocab_size}-token BPE on {len(every)} documents of {len(splits)} domains"):
-            tok = train_bpe(every, vocab_size, cache_dir=root / "tokenizers")
-    else:
-        tok = gpt2_tokenizer()
-    dtype = token_dtype(tok.vocab_size)
-    root.mkdir(parents=True, exist_ok=True)
-    building = make_temp_dir(root, f".{target.name}.building-")
-    try:
-        columns = (TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            for name, (source, train_docs, val_docs, train_ids, val_ids) in splits.items():
-                folder = building / name
-                folder.mkdir()
-                train_offsets, train_tokens = _write_tokens(folder / "train.bin", tok, train_docs, dtype, progress, f"{name} (train)")
-                val_offsets, val_tokens = _write_tokens(folder / "val.bin", tok, val_docs, dtype, progress, f"{name} (val)")
-                tok.save(folder / "tokenizer.json")
-                val_bytes = [len(doc.encode("utf-8")) for doc in val_docs]
-                write_json_atomic(folder / "meta.json", {
-                    "format_version": STORE_FORMAT_VERSION, "source": source, "domain": name,
-                    "corpus_fingerprint": prints[name], "tokenizer_kind": tok.kind,
-                    "tokenizer_fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-                    "mask_id": tok.mask_id, "dtype": dtype.name, "val_fraction": val_fraction, "split_seed": split_seed,
-                    "train_documents": len(train_docs), "val_documents": len(val_docs), "train_tokens": train_tokens,
-                    "val_tokens": val_tokens, "val_bytes": sum(val_bytes), "train_document_ids": train_ids.tolist(),
-                    "val_document_ids": val_ids.tolist(), "train_document_offsets": train_offsets,
-                    "val_document_offsets": val_offsets, "val_document_bytes": val_bytes,
-                })
-        (building / "complete").write_text("")  # last: a store directory with this file is whole
-        try:
-            os.rename(building, target)
-        except OSError:
-            if not (target / "complete").is_file():
-                raise ScarceError(f"{target} exists but is not a complete domain store; delete it and retry") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+    every = [doc for split in splits.values() for doc in split.train]
+    tok = fit_tokenizer(tokenizer, vocab_size, every, root, console, f" of {len(splits)} domains")
+
+    def write(folder: Path) -> None:
+        with tokenizing_progress(console) as progress:
+            for name, split in splits.items():
+                (folder / name).mkdir()
+                write_split(folder / name, split, tok, progress, name, val_fraction, split_seed, domain=name)
+        (folder / "complete").write_text("")  # last: a store directory with this file is whole
+
+    build_into(target, "complete", write)
     console.print(f"prepared {target}: domains {', '.join(sources)}, vocab {tok.vocab_size}")
 
 

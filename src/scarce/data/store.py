@@ -188,6 +188,101 @@ def _write_tokens(file: Path, tokenizer: Tokenizer, documents: list[str], dtype:
     return offsets, tokens_written
 
 
+@dataclass
+class CorpusSplit:
+    """A corpus's documents split into training and held-out documents: what a store directory holds."""
+
+    source: str
+    fingerprint: str
+    train: list[str]  # in the seeded shuffled order train.bin stores them
+    val: list[str]  # in corpus order
+    train_ids: np.ndarray  # index of each into load_documents(source)
+    val_ids: np.ndarray
+
+
+def split_corpus(source: str, val_fraction: float, split_seed: int, where: str = "corpus",
+                 fingerprint: str | None = None) -> CorpusSplit:
+    """Load `source` and split it by whole documents (`where` names it in the error for too few documents)."""
+    documents = load_documents(source)
+    if len(documents) < 2:
+        raise ScarceError(
+            f"{where} {source!r} has {len(documents)} document; a held-out split needs at least 2 "
+            "(give a directory of files, a JSONL file, or a text file larger than 64 KiB)"
+        )
+    train_ids, val_ids = split_documents(len(documents), val_fraction, split_seed)
+    return CorpusSplit(source, fingerprint or corpus_fingerprint(source), [documents[i] for i in train_ids],
+                       [documents[i] for i in val_ids], train_ids, val_ids)
+
+
+def fit_tokenizer(kind: str, vocab_size: int, documents: list[str], root: Path, console: Console, what: str) -> Tokenizer:
+    """A BPE trained on `documents` (cached under root/tokenizers), or GPT-2's."""
+    if kind != "bpe":
+        return gpt2_tokenizer()
+    with console.status(f"training a {vocab_size}-token BPE on {len(documents)} documents{what}"):
+        return train_bpe(documents, vocab_size, cache_dir=root / "tokenizers")
+
+
+def tokenizing_progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def write_split(folder: Path, split: CorpusSplit, tok: Tokenizer, progress: Progress, label: str,
+                val_fraction: float, split_seed: int, **extra_meta) -> dict:
+    """One store directory's files: train.bin, val.bin, tokenizer.json, then meta.json (last: its presence
+    means the directory is whole). Returns the meta."""
+    dtype = token_dtype(tok.vocab_size)
+    train_offsets, train_tokens = _write_tokens(folder / "train.bin", tok, split.train, dtype, progress, f"{label} (train)")
+    val_offsets, val_tokens = _write_tokens(folder / "val.bin", tok, split.val, dtype, progress, f"{label} (val)")
+    tok.save(folder / "tokenizer.json")
+    val_document_bytes = [len(doc.encode("utf-8")) for doc in split.val]
+    meta = {
+        "format_version": STORE_FORMAT_VERSION,
+        "source": split.source,
+        **extra_meta,
+        "corpus_fingerprint": split.fingerprint,
+        "tokenizer_kind": tok.kind,
+        "tokenizer_fingerprint": tok.fingerprint,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "mask_id": tok.mask_id,
+        "dtype": dtype.name,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "train_documents": len(split.train),
+        "val_documents": len(split.val),
+        "train_tokens": train_tokens,
+        "val_tokens": val_tokens,
+        "val_bytes": sum(val_document_bytes),
+        # Index into load_documents(source) of each stored document, in stored order.
+        "train_document_ids": split.train_ids.tolist(),
+        "val_document_ids": split.val_ids.tolist(),
+        # Token offset where each stored document starts; it ends with an eot just before the next.
+        "train_document_offsets": train_offsets,
+        "val_document_offsets": val_offsets,
+        # UTF-8 bytes of each validation document's text, so an evaluation of some of them has exact bits/byte.
+        "val_document_bytes": val_document_bytes,
+    }
+    write_json_atomic(folder / "meta.json", meta)
+    return meta
+
+
+def build_into(target: Path, complete: str, write) -> None:
+    """Build a store directory with `write(folder)` in a temporary sibling, then rename it to `target`.
+    `complete`: the file whose presence means a directory is whole (a concurrent build may finish first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = make_temp_dir(target.parent, f".{target.name}.building-")
+    try:
+        write(building)
+        try:
+            os.rename(building, target)
+        except OSError:
+            if not (target / complete).is_file():  # not a concurrent prepare that finished first
+                raise ScarceError(f"{target} exists but is not a complete token store; delete it and retry") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # gone after a successful rename; a leftover otherwise
+
+
 def prepare_store(
     source: str,
     *,
@@ -211,72 +306,17 @@ def prepare_store(
     if (target / "meta.json").is_file():
         return open_store(target)
 
-    documents = load_documents(source)
-    if len(documents) < 2:
-        raise ScarceError(
-            f"corpus {source!r} has {len(documents)} document; a held-out split needs at least 2 "
-            "(give a directory of files, a JSONL file, or a text file larger than 64 KiB)"
-        )
-    train_ids, val_ids = split_documents(len(documents), val_fraction, split_seed)
-    train_docs = [documents[i] for i in train_ids]
-    val_docs = [documents[i] for i in val_ids]
-
+    split = split_corpus(source, val_fraction, split_seed, fingerprint=fingerprint)
     console = Console(stderr=True)
-    if tokenizer == "bpe":
-        with console.status(f"training a {vocab_size}-token BPE on {len(train_docs)} documents"):
-            tok = train_bpe(train_docs, vocab_size, cache_dir=root / "tokenizers")
-    else:
-        tok = gpt2_tokenizer()
-    dtype = token_dtype(tok.vocab_size)
+    tok = fit_tokenizer(tokenizer, vocab_size, split.train, root, console, "")
+    meta = {}
 
-    root.mkdir(parents=True, exist_ok=True)
-    building = make_temp_dir(root, f".{target.name}.building-")
-    try:
-        columns = (TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            train_offsets, train_tokens = _write_tokens(
-                building / "train.bin", tok, train_docs, dtype, progress, f"tokenizing {source} (train)"
-            )
-            val_offsets, val_tokens = _write_tokens(
-                building / "val.bin", tok, val_docs, dtype, progress, f"tokenizing {source} (val)"
-            )
-        tok.save(building / "tokenizer.json")
-        val_document_bytes = [len(doc.encode("utf-8")) for doc in val_docs]
-        meta = {
-            "format_version": STORE_FORMAT_VERSION,
-            "source": source,
-            "corpus_fingerprint": fingerprint,
-            "tokenizer_kind": tok.kind,
-            "tokenizer_fingerprint": tok.fingerprint,
-            "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,
-            "mask_id": tok.mask_id,
-            "dtype": dtype.name,
-            "val_fraction": val_fraction,
-            "split_seed": split_seed,
-            "train_documents": len(train_docs),
-            "val_documents": len(val_docs),
-            "train_tokens": train_tokens,
-            "val_tokens": val_tokens,
-            "val_bytes": sum(val_document_bytes),
-            # Index into load_documents(source) of each stored document, in stored order.
-            "train_document_ids": train_ids.tolist(),
-            "val_document_ids": val_ids.tolist(),
-            # Token offset where each stored document starts; it ends with an eot just before the next.
-            "train_document_offsets": train_offsets,
-            "val_document_offsets": val_offsets,
-            # UTF-8 bytes of each validation document's text, so an evaluation of some of them has exact bits/byte.
-            "val_document_bytes": val_document_bytes,
-        }
-        write_json_atomic(building / "meta.json", meta)  # written last: its presence means complete
-        try:
-            os.rename(building, target)
-        except OSError:
-            if not (target / "meta.json").is_file():  # not a concurrent prepare that finished first
-                raise ScarceError(f"{target} exists but is not a complete token store; delete it and retry") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)  # gone after a successful rename; a leftover otherwise
+    def write(folder: Path) -> None:
+        with tokenizing_progress(console) as progress:
+            meta.update(write_split(folder, split, tok, progress, f"tokenizing {source}", val_fraction, split_seed))
+
+    build_into(target, "meta.json", write)
     console.print(
-        f"prepared {target}: {train_tokens:,} train tokens, {val_tokens:,} val tokens, vocab {tok.vocab_size}"
+        f"prepared {target}: {meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens, vocab {tok.vocab_size}"
     )
     return open_store(target)

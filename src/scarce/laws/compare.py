@@ -37,9 +37,11 @@ def _subset(x: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarr
 
 
 def compare_laws(laws: Sequence[Law], x: Mapping[str, Sequence[float]], y, *, holdout: str = "N",
-                 loss: str = "huber", bootstrap: int = 0, **fit_options) -> list[Comparison]:
+                 loss: str = "huber", bootstrap: int = 0, held: Sequence[bool] | None = None,
+                 **fit_options) -> list[Comparison]:
     """Fit every law to all points (with `bootstrap` resamples for its intervals), then score it by
-    leave-one-out and by extrapolation to the points with the largest `holdout` value (a variable in x).
+    leave-one-out and by extrapolation to the points with the largest `holdout` value (a variable in x),
+    or to the points `held` marks (then `holdout` only labels them, e.g. "D+D_spec").
 
     Leave-one-out refits start from the all-points optimum rather than repeating the grid search: one
     point moves the optimum a little, and this keeps n refits cheap; when the all-points search found
@@ -50,24 +52,24 @@ def compare_laws(laws: Sequence[Law], x: Mapping[str, Sequence[float]], y, *, ho
     x = {k: np.asarray(v, dtype=float) for k, v in x.items()}
     y = np.asarray(y, dtype=float)
     labels = fit_options.pop("point_labels", None)
+    if held is None:
+        if holdout not in x:
+            raise ScarceError(f"compare: holdout variable {holdout!r} is not among the columns {', '.join(x)}")
+        held = x[holdout] == x[holdout].max()
+    held = np.asarray(held, bool)
     rows = []
     for template in laws:
         law = law_copy(template)
         fit_law(law, x, y, loss=loss, bootstrap=bootstrap, point_labels=labels, **fit_options)
         n = len(y)
         loo = _leave_one_out_predictions(law)
-        extrapolation, n_held = None, 0
-        if holdout in x:
-            held = x[holdout] == x[holdout].max()
-            n_held = int(held.sum())
-            if n_held < n:
-                try:
-                    small = fit_law(law_copy(law), _subset(x, ~held), y[~held], loss=loss, **fit_options)
-                    extrapolation = _rmse_log(small.predict(_subset(x, held)), y[held])
-                except ScarceError:  # too few smaller points to fit: no extrapolation score
-                    extrapolation = None
-        else:
-            raise ScarceError(f"compare: holdout variable {holdout!r} is not among the columns {', '.join(x)}")
+        extrapolation, n_held = None, int(held.sum())
+        if n_held < n:
+            try:
+                small = fit_law(law_copy(law), _subset(x, ~held), y[~held], loss=loss, **fit_options)
+                extrapolation = _rmse_log(small.predict(_subset(x, held)), y[held])
+            except ScarceError:  # too few smaller points to fit: no extrapolation score
+                extrapolation = None
         rows.append(Comparison(law.name, n, _rmse_log(law.predict(x), y), _rmse_log(loo, y), extrapolation,
                                n_held, holdout, law))
     return rows

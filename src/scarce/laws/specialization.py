@@ -34,6 +34,8 @@ SCHEMA = "scarce.specialize-fit/1"
 COLUMNS = {"N": "params", "D": "general_tokens", "D_spec": "domain_tokens"}
 R_STAR_TOKENS = 15.4  # Muennighoff et al. 2023's fitted R*_D
 STRATEGIES = ("shared", "independent", "general", "domain")
+# extrapolation targets of the law comparison: fit on the other points, predict these
+HOLDOUTS = {"N": "largest N", "D": "largest D", "D_spec": "largest D'", "tokens": "largest D + D'"}
 NO_TOKENS = 1e-300  # "D = 0" for forms that take logarithms of D: κ·D^η vanishes (η > 0)
 
 # the model sizes the allocation searches (log params), unless a smallest model is given
@@ -46,19 +48,26 @@ def fit_domains(points: Sequence, laws: Sequence[Law], *, bootstrap: int = 0, ho
                 source: str = "points", tokens_per_step: int | None = None,
                 unique_tokens: Mapping[str, int] | None = None) -> dict:
     """Fit and compare `laws` on each domain's specialist points (D' > 0: the forms all take D' there),
-    returning the `scarce.specialize-fit/1` document (see docs/specialization.md)."""
+    returning the `scarce.specialize-fit/1` document (see docs/specialization.md).
+
+    holdout: which points the extrapolation score predicts from a fit on the others (HOLDOUTS): those of
+    the largest N, D or D', or of the largest D + D' ("tokens")."""
+    if holdout not in HOLDOUTS:
+        raise ScarceError(f"--holdout {holdout!r}: choose one of {', '.join(HOLDOUTS)}")
     domains = sorted({p.domain for p in points})
     if not domains:
         raise ScarceError(f"{source}: no points to fit")
-    out = {"schema": SCHEMA, "points": source, "tokens_per_step": tokens_per_step,
+    out = {"schema": SCHEMA, "points": source, "tokens_per_step": tokens_per_step, "holdout": holdout,
            "unique_tokens": dict(unique_tokens or {}), "domains": {}}
     for domain in domains:
         mine = [p for p in points if p.domain == domain and p.domain_tokens > 0]
         x = {"N": np.array([p.params for p in mine], float), "D": np.array([p.general_tokens for p in mine], float),
              "D_spec": np.array([p.domain_tokens for p in mine], float)}
         y = np.array([p.loss for p in mine], float)
+        by = x["D"] + x["D_spec"] if holdout == "tokens" else x[holdout]
         try:
-            rows = compare_laws(laws, x, y, holdout=holdout, bootstrap=bootstrap, seed=seed)
+            rows = compare_laws(laws, x, y, holdout=HOLDOUTS[holdout], held=by == by.max(), bootstrap=bootstrap,
+                                seed=seed)
         except ScarceError as e:  # too few points for this domain: say so, fit the others
             out["domains"][domain] = {"n_points": len(mine), "error": str(e)}
             continue
@@ -107,23 +116,30 @@ def effective_tokens(tokens: float, unique: float | None) -> float:
 
 
 def _loss(law: Law, params: float, general: float, domain: float) -> float:
+    predict = lambda d: float(law.predict({"N": [params], "D": [d], "D_spec": [domain]})[0])
     try:
-        value = law.predict({"N": [params], "D": [max(general, NO_TOKENS)], "D_spec": [domain]})[0]
+        value = predict(max(general, NO_TOKENS))
+        # D = 0 stands in as a vanishing D: a form whose prediction still moves there has no D → 0 limit
+        # (the additive form's B/D^β grows without bound), so it cannot predict a domain-only model
+        if general < NO_TOKENS and not math.isclose(value, predict(math.sqrt(NO_TOKENS)), rel_tol=1e-9):
+            return math.inf
     except ScarceError:  # a form that cannot take this point (the additive form at D' = 0)
         return math.inf
-    return float(value) if np.isfinite(value) else math.inf
+    return value if np.isfinite(value) else math.inf
 
 
 def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Mapping[str, float],
                         weights: Mapping[str, float] | None = None, *, repeat: bool = True,
-                        tokens_per_step: int = 1, min_params: float | None = None) -> dict[str, dict]:
+                        tokens_per_step: int = 1, min_params: float | None = None,
+                        params: float | None = None) -> dict[str, dict]:
     """The best allocation of `flops` for every strategy (see the module docstring), as JSON-ready dicts:
     {"params", "general_tokens", "domain_tokens": {name: D'}, "flops", "predicted_loss": {name, "mean"},
     "repetition": {phase: epochs}} (a strategy the law cannot predict has "predicted_loss": null).
 
     unique_tokens: every planned domain's cap U_i (the domains planned). weights: of the mean (default
     equal; must sum to a positive number). Each phase a strategy uses gets at least one optimizer step of
-    `tokens_per_step` tokens; models range from `min_params` (default 1e3) up.
+    `tokens_per_step` tokens; models range from `min_params` (default 1e3) up, or have exactly `params`
+    (planning the tokens for a model size one can train).
     """
     if not flops > 0:
         raise ScarceError(f"--flops must be > 0, got {flops!r}")
@@ -143,13 +159,15 @@ def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Ma
         raise ScarceError(f"--weights must be >= 0 and sum to a positive number, got {weights}")
     total = sum(weights.values())
     weights = {name: weights.get(name, 0.0) / total for name in names}
-    low = math.log(min_params) if min_params else LOG_PARAMS_RANGE[0]
+    if params is not None and not params > 0:
+        raise ScarceError(f"--params must be > 0, got {params!r}")
+    low = math.log(params or min_params or math.exp(LOG_PARAMS_RANGE[0]))
     smallest = FLOPS_PER_PARAM_TOKEN * math.exp(low) * tokens_per_step
     if flops < smallest:
         raise ScarceError(f"--flops {flops:.3g} is below one optimizer step of the smallest model "
                           f"(6 × {math.exp(low):.3g} params × {tokens_per_step} tokens = {smallest:.3g})")
-    return {strategy: _plan(strategy, laws, flops, unique_tokens, weights, repeat, tokens_per_step, low)
-            for strategy in STRATEGIES}
+    return {strategy: _plan(strategy, laws, flops, unique_tokens, weights, repeat, tokens_per_step, low,
+                            fixed=params is not None) for strategy in STRATEGIES}
 
 
 def _phases(strategy: str, names: list[str]) -> list[tuple[str, str | None]]:
@@ -169,13 +187,16 @@ def _phase_name(kind: str, domain: str | None) -> str:
     return "general" if domain is None else f"general:{domain}"
 
 
-def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low) -> dict:
+def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, fixed=False) -> dict:
     names = list(unique)
     phases = _phases(strategy, names)
     caps = [(sum(unique.values()) if kind == "general" else unique[n]) for kind, n in phases]
 
     def allocate(z):
-        """Tokens per phase from (log N, share logits): every phase at least one step, capped without repetition."""
+        """Tokens per phase from (log N, share logits): every phase at least one step, capped without repetition.
+        With a fixed size, z holds the share logits alone."""
+        if fixed:
+            z = np.concatenate([[low], z])
         params = math.exp(z[0])
         # a hair under the budget, so rounding never takes the plan's FLOPs past it
         budget = flops * (1 - 1e-12) / (FLOPS_PER_PARAM_TOKEN * params) - len(phases) * tokens_per_step
@@ -205,8 +226,8 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low) 
 
     high = math.log(flops / (FLOPS_PER_PARAM_TOKEN * len(phases) * tokens_per_step))
     best = None
-    for log_params in np.linspace(low, max(low, high), 5):
-        start = np.concatenate([[log_params], np.zeros(len(phases))])
+    for log_params in [low] if fixed else np.linspace(low, max(low, high), 5):
+        start = np.zeros(len(phases)) if fixed else np.concatenate([[log_params], np.zeros(len(phases))])
         result = minimize(objective, start, method="Nelder-Mead",
                           options={"maxiter": 2000, "xatol": 1e-5, "fatol": 1e-10})
         if best is None or result.fun < best.fun:

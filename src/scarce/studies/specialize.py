@@ -10,40 +10,40 @@ The grid, for every model size N:
 
 Every run is in the run store with flat summary keys (domain, params, general_tokens, domain_tokens,
 final_val_loss.NAME); `points` turns them into one row per (domain, N, D, D'), the general models giving
-the D' = 0 points. Runs are keyed by their resolved config: running the study again skips finished
-runs and resumes unfinished ones from their newest checkpoint.
+the D' = 0 points. The runs go through scarce.executors as a study (scarce.studies.sweep.Study), one
+batch of jobs per stage, keyed by their resolved config (`scarce.executors.run_key`): running the study
+again skips finished runs and resumes unfinished ones from their newest checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from scarce import runs
+from scarce.atomic import write_bytes_atomic, write_json_atomic
 from scarce.config import RunConfig, resolve_config
 from scarce.errors import ScarceError
+from scarce.executors import Executor, make_executor
+from scarce.studies.sweep import Study, check_study_name
 
 # A specialist re-warms: a fresh warm-up to the peak lr, then cosine to the floor over its D' tokens.
 SPECIALIST_DEFAULTS = ["optim.schedule=cosine", "optim.warmup_fraction=0.1"]
-# Config keys that change no result: a run is found again by everything else.
-KEY_EXCLUDED = ("name", "runs_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                "train.device", "train.compile")
 
 
 @dataclass
 class Grid:
     sizes: list[str]  # model sizes (scarce.model.SIZES)
     general_tokens: list[int]  # D
-    domain_tokens: list[int]  # D'
+    domain_tokens: list[int] | dict[str, list[int]]  # D' for every domain specialized, or per domain {name: [D']}
     decay_fraction: float = 0.2  # of each D: the length of its decay branch
     warmup_tokens: int | None = None  # the general phase's warm-up; None: 1% of the smallest D
     specialist_overrides: list[str] = field(default_factory=list)  # e.g. optim.lr=1e-3
-    domains: list[str] | None = None  # the domains to specialize on; None: every domain
+    domains: list[str] | None = None  # the domains to specialize on; None: every domain (or domain_tokens' keys)
     repeat: bool = True  # may a specialist repeat its domain (D' above the domain's unique tokens)?
 
 
@@ -55,66 +55,6 @@ class Point:
     domain_tokens: int  # D' (0: the general model itself)
     loss: float  # on this domain's held-out documents, nats/token
     run_id: str
-
-
-# ---------------------------------------------------------------- running configs
-
-
-def run_key(config: RunConfig) -> str:
-    data = runs._flatten(config.model_dump(mode="json"))
-    for key in KEY_EXCLUDED:
-        data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _existing_runs(runs_dir: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    if not Path(runs_dir).is_dir():
-        return found
-    for path in sorted(Path(runs_dir).iterdir()):
-        if path.is_dir() and not path.name.startswith(".") and (path / runs.CONFIG_FILE).is_file():
-            try:
-                key = run_key(RunConfig.model_validate(runs.read_config(path)))
-            except Exception:  # a run of another scarce version or a damaged config: not one of ours
-                continue
-            found.setdefault(key, []).append(path)
-    return found
-
-
-def run_configs(configs: list[RunConfig], executor: str = "local", console: Console | None = None) -> list[Path]:
-    """Run every config (or find it done), returning their run directories in order.
-
-    A config whose run completed is not run again; one whose run stopped part-way resumes from its
-    newest checkpoint; the rest start fresh.
-    """
-    from scarce.train.checkpoint import checkpoint_dirs
-    from scarce.train.trainer import resume, train
-
-    if executor != "local":
-        raise ScarceError(f"--executor {executor!r}: only 'local' (one run at a time, in this process) is available")
-    console = console or Console(stderr=True)
-    existing = _existing_runs(configs[0].runs_dir) if configs else {}
-    run_dirs = []
-    # EXECUTOR: scarce.executors plugs in here: hand the jobs below (a config, or a run dir to resume) to
-    # make_executor(executor).run(jobs) and read the run dirs from its results; this loop is its serial form.
-    for i, config in enumerate(configs, 1):
-        done, partial = None, None
-        for path in existing.get(run_key(config), []):
-            status = runs.read_summary(path).get("status") if (path / runs.SUMMARY_FILE).exists() else None
-            if status == "completed":
-                done = path
-            elif checkpoint_dirs(path / runs.CHECKPOINTS_DIR):
-                partial = path
-        if done is not None:
-            console.print(f"[{i}/{len(configs)}] {config.name}: done earlier ({done.name})")
-            run_dirs.append(done)
-        elif partial is not None:
-            console.print(f"[{i}/{len(configs)}] {config.name}: resuming {partial.name}")
-            run_dirs.append(resume(partial, progress=False))
-        else:
-            console.print(f"[{i}/{len(configs)}] {config.name}")
-            run_dirs.append(train(config, progress=False))
-    return run_dirs
 
 
 # ---------------------------------------------------------------- the grid
@@ -145,14 +85,22 @@ def _check(base: RunConfig, grid: Grid) -> dict[str, int]:
             raise ScarceError(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
     if not 0 < grid.decay_fraction < 1:
         raise ScarceError(f"--decay-fraction must be between 0 and 1, got {grid.decay_fraction}")
-    for name in grid.domains or []:
+    named = list(grid.domain_tokens) if isinstance(grid.domain_tokens, dict) else []
+    for name in (grid.domains or []) + named:
         if name not in base.data.domains:
             raise ScarceError(f"--domain {name!r} is not a domain of the config's data.domains "
                               f"({', '.join(base.data.domains)})")
+    step_tokens = base.train.batch_size * base.model.seq_len
+    for d in grid.general_tokens:  # before anything runs: whole steps, and a constant phase before each decay
+        branch_point(d, grid.decay_fraction, step_tokens)
     budgets = domain_budgets(base.data, prepare_data(base.data))
     unique = {name: len(tokens) for name, tokens in budgets.items()}
-    for name in grid.domains or list(base.data.domains):
-        over = [d for d in grid.domain_tokens if d > unique[name]]
+    for name, values in specialist_tokens(base, grid).items():
+        if not values:
+            raise ScarceError(f"--domain-tokens needs at least one value for domain {name!r}")
+        for d in values:
+            _whole_steps(d, step_tokens, "--domain-tokens")
+        over = [d for d in values if d > unique[name]]
         if over and not grid.repeat:
             raise ScarceError(f"--domain-tokens {over[0]} exceeds domain {name!r}'s {unique[name]} unique tokens and "
                               f"repetition is off: lower it, raise data.domains.{name}.unique_tokens, or pass --repeat")
@@ -208,6 +156,14 @@ def branch_configs(trunks: list[Path], grid: Grid, study: str) -> list[RunConfig
     return configs
 
 
+def specialist_tokens(base: RunConfig, grid: Grid) -> dict[str, list[int]]:
+    """The D' values of each domain specialized on, in the config's domain order."""
+    if isinstance(grid.domain_tokens, dict):
+        chosen = [n for n in base.data.domains if n in grid.domain_tokens and (not grid.domains or n in grid.domains)]
+        return {n: list(grid.domain_tokens[n]) for n in chosen}
+    return {n: list(grid.domain_tokens) for n in base.data.domains if not grid.domains or n in grid.domains}
+
+
 def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study: str) -> list[RunConfig]:
     """Every general model continued on each domain alone for each D' (the other domains weighted 0: the
     same store and tokenizer, and evaluated on every domain)."""
@@ -216,9 +172,9 @@ def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study:
     for general in generals:
         source = RunConfig.model_validate(runs.read_config(general))
         d = runs.read_summary(general)["tokens_seen"]
-        for domain in grid.domains or list(base.data.domains):
+        for domain, values in specialist_tokens(base, grid).items():
             weights = [f"data.domains.{name}.weight={1.0 if name == domain else 0.0}" for name in base.data.domains]
-            for d_spec in grid.domain_tokens:
+            for d_spec in values:
                 steps = _whole_steps(d_spec, step_tokens, "--domain-tokens")
                 data = _dump(base)
                 # the general phase's absolute warm-up and decay are not the specialist's: it re-warms
@@ -233,22 +189,49 @@ def specialist_configs(base: RunConfig, generals: list[Path], grid: Grid, study:
     return configs
 
 
-def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: str = "local",
-              console: Console | None = None) -> list[Point]:
-    """Run (or finish) the whole grid and return its points; writes `<runs_dir>/<study>-points.csv`."""
+def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: Executor | str = "local",
+              console: Console | None = None, live: bool = False) -> list[Point]:
+    """Run (or finish) the whole grid and return its points; writes `<runs_dir>/<study>-points.csv` and
+    `<runs_dir>/<study>-unique-tokens.json`.
+
+    base: a config with `data.domains`; grid: what to run; study: the study's name (its runs carry
+    `study = NAME`, its manifest is `<runs_dir>/sweeps/NAME/manifest.json`); executor: a
+    `scarce.executors.Executor` or its name ("local", "serial", "submitit", "ray"). Each stage (trunks,
+    decay branches, specialists) is one batch of jobs for the executor, since each starts from the last
+    stage's runs. Calling it again skips finished runs and resumes unfinished ones (`Study.run`).
+    """
     console = console or Console(stderr=True)
+    check_study_name(study)
     unique = _check(base, grid)
-    console.rule(f"{study}: {len(grid.sizes)} trunk(s)")
-    trunks = run_configs(trunk_configs(base, grid, study), executor, console)
-    console.rule(f"{study}: decay branches")
-    branches = run_configs(branch_configs(trunks, grid, study), executor, console)
-    generals = trunks + branches
-    console.rule(f"{study}: specialists")
-    specialists = run_configs(specialist_configs(base, generals, grid, study), executor, console)
+    executor = make_executor(executor) if isinstance(executor, str) else executor
+    spec = {"grid": asdict(grid), "base_config": base.model_dump(mode="json")}
+    with Study(study, base.runs_dir, "specialize", spec) as runner:
+        console.print(f"specialize {study}: {len(grid.sizes)} size(s) × {len(grid.general_tokens)} D × "
+                      f"{sum(map(len, specialist_tokens(base, grid).values()))} (domain, D') on {executor.name}; manifest {runner.manifest_path}")
+        stage = lambda what, configs: _run_stage(runner, what, configs, executor, console, live)
+        trunks = stage("trunks", trunk_configs(base, grid, study))
+        generals = trunks + stage("decay branches", branch_configs(trunks, grid, study))
+        specialists = stage("specialists", specialist_configs(base, generals, grid, study))
     found = points(generals + specialists)
     write_points(found, Path(base.runs_dir) / f"{study}-points.csv")
-    (Path(base.runs_dir) / f"{study}-unique-tokens.json").write_text(json.dumps(unique, indent=2) + "\n")
+    write_json_atomic(Path(base.runs_dir) / f"{study}-unique-tokens.json", unique)
     return found
+
+
+def _run_stage(runner: Study, what: str, configs: list[RunConfig], executor: Executor, console: Console,
+               live: bool) -> list[Path]:
+    """One stage as one batch of jobs; the completed runs' directories, in order. A failed run stops the
+    study before the stages that would start from it; a diverged one is left out of them."""
+    console.rule(f"{runner.name}: {len(configs)} {what}")
+    outcomes = runner.run(configs, [{"run": c.name} for c in configs], executor, console, live=live, keep_names=True)
+    failed = [o for o in outcomes if o.status not in ("completed", "diverged")]
+    if failed:
+        raise ScarceError(f"{len(failed)} of the {what} failed ({', '.join(o.point['run'] for o in failed)}; logs in "
+                          f"{runner.dir / 'logs'}): fix the cause and run the same study again to resume them")
+    for o in outcomes:
+        if o.status == "diverged":
+            console.print(f"[yellow]{o.point['run']} diverged[/yellow]: nothing is built on it", highlight=False)
+    return [o.run_dir for o in outcomes if o.status == "completed"]
 
 
 # ---------------------------------------------------------------- points
@@ -272,9 +255,6 @@ def points(run_dirs: list[Path]) -> list[Point]:
 
 
 def write_points(found: list[Point], path: Path) -> Path:
-    from scarce.atomic import write_bytes_atomic
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[f for f in Point.__dataclass_fields__])
     writer.writeheader()

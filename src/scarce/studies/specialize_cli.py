@@ -1,4 +1,5 @@
-"""`scarce specialize` (the grid, its points and fits) and `scarce plan-specialize` (the compute split)."""
+"""`scarce specialize` (the grid, its points and fits) and `scarce plan specialize` (the compute split; also
+spelled `scarce plan-specialize`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,23 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from scarce.errors import ScarceError
+from scarce.studies.cli import ExecutorName, ExecutorOptions, Live, Threads, Workers, _executor, _resumable
 
 console = Console()
+
+
+class PlanSpecializeGroup(TyperGroup):
+    """The main app's command group, reading `scarce plan specialize FIT.json ...` as `scarce plan-specialize
+    FIT.json ...`. `scarce plan` takes a fit file as its first argument, so it cannot also have subcommands;
+    `specialize` there names this command unless a file of that name exists."""
+
+    def parse_args(self, ctx, args):
+        if args[:2] == ["plan", "specialize"] and not Path("specialize").exists():
+            args = ["plan-specialize", *args[2:]]
+        return super().parse_args(ctx, args)
 
 
 def _numbers(values: list[str], what: str) -> list[int]:
@@ -55,37 +69,44 @@ def specialize(
         help="Override for the specialists only, e.g. --specialist optim.lr=1e-3 (default: re-warmed cosine)")] = None,
     repeat: Annotated[bool, typer.Option(help="Allow D' above a domain's unique tokens (repeated epochs)")] = True,
     study: Annotated[str, typer.Option(help="Study name: run names and the study column")] = "specialize",
-    executor: Annotated[str, typer.Option(help="Where runs happen: local (one at a time, here)")] = "local",
+    executor: ExecutorName = "local",
+    workers: Workers = None,
+    threads: Threads = None,
+    executor_option: ExecutorOptions = None,
+    live: Live = True,
     law: Annotated[Optional[list[str]], typer.Option(
         help="Laws to fit and compare (default both specialization forms; FILE.py:NAME for your own)")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the fits' intervals")] = 100,
+    holdout: Annotated[str, typer.Option(
+        help="Extrapolation score: predict the points of the largest N, D, D_spec or tokens (D + D') from the rest")] = "N",
     fit: Annotated[bool, typer.Option(help="Fit and compare the laws once the grid is done")] = True,
 ):
     """Split-model specialization: trunks, WSD decay branches and specialists over an (N, D, D') grid; then laws."""
     from scarce.config import load_config
     from scarce.studies.specialize import Grid, run_study
 
-    overrides = list(overrides or [])
-    base = load_config(config, overrides)
+    base = load_config(config, list(overrides or []))
     grid = Grid(sizes=[s.strip() for item in sizes for s in item.split(",") if s.strip()],
                 general_tokens=_numbers(general_tokens, "--general-tokens"),
                 domain_tokens=_numbers(domain_tokens, "--domain-tokens"), decay_fraction=decay_fraction,
                 warmup_tokens=warmup_tokens, specialist_overrides=list(specialist or []), domains=domain, repeat=repeat)
-    found = run_study(base, grid, study, executor)
+    with _resumable():
+        found = run_study(base, grid, study, _executor(executor, workers, threads, executor_option), console, live)
     table = Table("domain", "params", "D", "D'", "loss", title=f"{study}: {len(found)} points")
     for p in sorted(found, key=lambda p: (p.domain, p.params, p.general_tokens, p.domain_tokens)):
         table.add_row(p.domain, f"{p.params:,}", f"{p.general_tokens:,}", f"{p.domain_tokens:,}", f"{p.loss:.4f}")
     console.print(table)
     console.print(f"points: {Path(base.runs_dir) / f'{study}-points.csv'}")
     if fit:
-        fit_study(Path(base.runs_dir), study, law or [], bootstrap, base.train.batch_size * base.model.seq_len)
+        fit_study(Path(base.runs_dir), study, law or [], bootstrap, base.train.batch_size * base.model.seq_len, holdout)
 
 
-def fit_study(runs_dir: Path, study: str, law_names: list[str], bootstrap: int, tokens_per_step: int) -> Path:
+def fit_study(runs_dir: Path, study: str, law_names: list[str], bootstrap: int, tokens_per_step: int,
+              holdout: str = "N") -> Path:
     """Fit and compare the laws on a study's points; write `<study>-fit.json` and `<study>-fit.png`."""
     from scarce.laws.cli import build_law
     from scarce.laws.io import write_json
-    from scarce.laws.specialization import fit_domains, plot_domains
+    from scarce.laws.specialization import HOLDOUTS, fit_domains, plot_domains
     from scarce.studies.specialize import read_points
 
     found = read_points(runs_dir / f"{study}-points.csv")
@@ -93,12 +114,12 @@ def fit_study(runs_dir: Path, study: str, law_names: list[str], bootstrap: int, 
     laws = [build_law(name, ["N", "D", "D_spec"]) for name in law_names or
             ["specialization_transfer", "specialization_additive"]]
     document = fit_domains(found, laws, bootstrap=bootstrap, source=f"{runs_dir}/{study}-points.csv",
-                           tokens_per_step=tokens_per_step, unique_tokens=unique)
+                           tokens_per_step=tokens_per_step, unique_tokens=unique, holdout=holdout)
     for name, entry in document["domains"].items():
         if "error" in entry:
             console.print(f"[yellow]{name}: not fitted: {entry['error']}[/yellow]", highlight=False)
             continue
-        table = Table("law", "points", "fit RMSE", "leave-one-out RMSE", "extrapolation RMSE (largest N)",
+        table = Table("law", "points", "fit RMSE", "leave-one-out RMSE", f"extrapolation RMSE ({HOLDOUTS[holdout]})",
                       title=f"{name}: RMSE of log loss (chosen: {entry['chosen']})")
         for row in entry["comparison"]:
             extra = row["extrapolation_rmse_log"]
@@ -120,6 +141,7 @@ def plan_specialize(
     weights: Annotated[Optional[list[str]], typer.Option(help="NAME=WEIGHT of the mean loss (default equal)")] = None,
     law: Annotated[Optional[str], typer.Option(help="The law to plan with (default: each domain's chosen law)")] = None,
     repeat: Annotated[bool, typer.Option(help="Allow phases past their unique data (repeated epochs)")] = True,
+    params: Annotated[Optional[float], typer.Option(help="Plan for a model of exactly this many parameters")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plans as JSON")] = None,
 ):
     """Choose N, D and each D' for a FLOP budget: shared general phase, independent ones, general only, domain only."""
@@ -135,7 +157,7 @@ def plan_specialize(
     laws = fitted_laws(document, law)
     unique = _named(domain_tokens, "--domain-tokens") if domain_tokens else dict(document.get("unique_tokens") or {})
     plans = plan_specialization(laws, flops, unique, _named(weights, "--weights") if weights else None, repeat=repeat,
-                                tokens_per_step=document.get("tokens_per_step") or 1)
+                                tokens_per_step=document.get("tokens_per_step") or 1, params=params)
     table = Table("strategy", "params", "general tokens", *[f"D' {n}" for n in unique], "FLOPs", "mean loss", "repeats",
                   title=f"best split of {flops:.3g} FLOPs")
     for name, p in plans.items():

@@ -214,12 +214,16 @@ class Study:
         self.manifest["runs"][outcome.key] = entry
 
     def run(self, configs: Sequence[RunConfig], points: Sequence[dict], executor: Executor,
-            console: Console | None = None, metric: str = "final_val_loss", live: bool = True) -> list[Outcome]:
-        """Run the configs (as runs of this study) that have not finished yet; return every outcome, in order."""
+            console: Console | None = None, metric: str = "final_val_loss", live: bool = True,
+            keep_names: bool = False) -> list[Outcome]:
+        """Run the configs (as runs of this study) that have not finished yet; return every outcome, in order.
+
+        Runs are named after the study unless `keep_names` (names change no run key, only run directories)."""
         if self._lock is None:
             raise RuntimeError("use the study as a context manager: with Study(...) as study: study.run(...)")
         console = console or Console(stderr=True)
-        configs = [config.model_copy(update={"study": self.name, "name": self.name}) for config in configs]
+        label = {"study": self.name} if keep_names else {"study": self.name, "name": self.name}
+        configs = [config.model_copy(update=label) for config in configs]
         keys = [run_key(config) for config in configs]
         existing = runs_by_key(self.runs_dir, self.name)
         outcomes: dict[str, Outcome] = {}
