@@ -146,7 +146,7 @@ def train_members(configs: Sequence[RunConfig], executor: str | Executor = "auto
     study_name, runs_dir = configs[0].study, configs[0].runs_dir
     if study_name is None or any(c.study != study_name or c.runs_dir != runs_dir for c in configs):
         raise ScarceError("members must share one study and runs_dir: build them with member_configs")
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, quiet=not progress)  # from Python without progress: silent
     points = [{"member": i, "train.seed": c.train.seed, "train.data_seed": c.train.data_seed} for i, c in enumerate(configs)]
     if isinstance(executor, str):
         executor = member_executor(executor, configs, workers, threads, progress)
