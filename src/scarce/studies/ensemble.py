@@ -22,8 +22,10 @@ from scarce.executors import Executor, Job, RunResult, execute, make_executor, r
 
 VARIABLE_SEEDS = ("seed", "data_seed")
 EXECUTORS = ("auto", "batched", *RUN_EXECUTORS)  # auto, batched, local, serial, submitit, ray
-# executor = "auto": the fastest in members/hour as benchmarks/bench_ensemble.py measured it
-# (benchmarks/results/ensemble.json). CUDA has not been measured: one member per GPU is the safe choice.
+# executor = "auto": the fastest in members/hour as benchmarks/bench_ensemble.py measured it at equal
+# threads (benchmarks/results/ensemble.json): on CPU, single-threaded local workers, one per core, beat
+# one process with all the threads, whether members train one after another or batched under vmap.
+# CUDA has not been measured: one member per GPU (local) until bench_ensemble.py runs on one.
 EXECUTOR_BY_DEVICE = {"cpu": "local", "cuda": "local"}
 # The member heuristic's caps (Kim et al. 2025, arXiv 2509.14786, §ensembles): never past 128 epochs,
 # never below weight decay 0.1 by halving.
