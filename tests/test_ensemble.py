@@ -17,7 +17,7 @@ from scarce.data.store import EvalSample
 from scarce.errors import ScarceError
 from scarce.evals.ensemble import check_same_data, subset_losses, subsets_by_k
 from scarce.model import Transformer, model_shape
-from scarce.studies.ensemble import completed_run, member_configs, member_heuristic, train_members
+from scarce.studies.ensemble import BatchedExecutor, member_configs, member_executor, member_heuristic, train_members
 
 TINY = [
     "model.size=micro", "model.seq_len=16", "data.vocab_size=512", "data.unique_tokens=1024",
@@ -70,7 +70,7 @@ def test_member_configs_vary_seeds_and_apply_the_heuristic(tmp_path):
     base = resolve_config({"name": "base", "runs_dir": str(tmp_path)}, ["train.seed=7", "train.epochs=4", "optim.weight_decay=0.8"])
     members = member_configs(base, 3, heuristic=True, study="ens")
     assert [(m.train.seed, m.train.data_seed) for m in members] == [(7, 0), (8, 1), (9, 2)]
-    assert {m.study for m in members} == {"ens"} and [m.name for m in members] == ["ens-m0", "ens-m1", "ens-m2"]
+    assert {m.study for m in members} == {"ens"} and {m.name for m in members} == {"ens"}
     assert {(m.train.epochs, m.optim.weight_decay) for m in members} == {(8, 0.4)}
     only_data = member_configs(base, 2, vary=("data_seed",))
     assert [(m.train.seed, m.train.data_seed) for m in only_data] == [(7, 0), (7, 1)]
@@ -97,18 +97,18 @@ def test_members_on_different_data_are_an_error():
         check_same_data([("runs/a", a), ("runs/b", a)], [store, other])
 
 
+def member_dirs(runs_dir):
+    return sorted(p for p in runs_dir.iterdir() if (p / "config.json").is_file())
+
+
 def test_ensemble_train_and_eval_end_to_end(tmp_path):
     runner = CliRunner()
-    args = ["ensemble", "train", *TINY, f"runs_dir={tmp_path / 'runs'}", "name=tiny", "-k", "2", "--no-progress"]
+    args = ["ensemble", "train", *TINY, f"runs_dir={tmp_path / 'runs'}", "name=tiny", "-k", "2", "--executor", "serial", "--no-progress"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    run_dirs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    run_dirs = member_dirs(tmp_path / "runs")
     assert len(run_dirs) == 2 and {runs.read_config(d)["study"] for d in run_dirs} == {"tiny-ensemble"}
-    # started again, the study reuses its finished members instead of training them twice
-    base = resolve_config({"name": "tiny", "runs_dir": str(tmp_path / "runs")}, TINY)
-    assert sorted(train_members(member_configs(base, 2), progress=False)) == run_dirs
-    assert completed_run(member_configs(base, 3)[2]) is None
-
+    assert (tmp_path / "runs" / "sweeps" / "tiny-ensemble" / "manifest.json").is_file()  # a study like a sweep
     out, plot = tmp_path / "ens.json", tmp_path / "ens.png"
     result = runner.invoke(app, ["ensemble", "eval", *map(str, run_dirs), "--json", str(out), "--plot", str(plot)])
     assert result.exit_code == 0, result.output
@@ -116,12 +116,29 @@ def test_ensemble_train_and_eval_end_to_end(tmp_path):
     for member, run_dir in zip(report["members"], run_dirs):  # the same sample each member was scored on
         assert member["loss"] == pytest.approx(runs.read_summary(run_dir)["final_val_loss"], rel=1e-5)
     assert [p["k"] for p in report["losses_by_k"]] == [1, 2]
-    assert report["losses_by_k"][1]["loss"] <= report["losses_by_k"][0]["loss"]
     assert report["law"]["fitted"] is False and "K ≥ 3" in report["law"]["reason"]
     assert plot.stat().st_size > 0 and math.isfinite(report["ensemble"]["bpb"])
-
     result = runner.invoke(app, ["ensemble", "eval", str(run_dirs[0]), str(run_dirs[0])])
     assert result.exit_code != 0 and "listed twice" in str(result.exception)
+
+
+def test_a_second_ensemble_run_reuses_finished_members_and_trains_only_new_ones(tmp_path):
+    base = resolve_config({"name": "tiny", "runs_dir": str(tmp_path)}, TINY)
+    first = train_members(member_configs(base, 2), "serial", progress=False)
+    again = train_members(member_configs(base, 3), "batched", progress=False)  # members 0, 1 reused; 2 trained
+    assert again[:2] == first and len(member_dirs(tmp_path)) == 3
+    assert runs.read_summary(again[2])["device"].endswith("(batched)")
+    with pytest.raises(ScarceError, match="unknown executor 'fast'"):
+        train_members(member_configs(base, 2), "fast", progress=False)
+    with pytest.raises(ScarceError, match="--workers 2"):
+        member_executor("batched", member_configs(base, 2), workers=2)
+    assert isinstance(member_executor("batched", member_configs(base, 2)), BatchedExecutor)
+
+
+def test_failed_members_are_a_clear_error_naming_them(tmp_path):
+    base = resolve_config({"name": "bad", "runs_dir": str(tmp_path)}, [*TINY, "data.corpus=no-such-corpus"])
+    with pytest.raises(ScarceError, match="2 of 2 members did not complete"):
+        train_members(member_configs(base, 2), "serial", progress=False)
 
 
 def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):

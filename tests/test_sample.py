@@ -11,7 +11,7 @@ from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
 from scarce.model import Transformer, model_shape
-from scarce.train.sample import KVCache, cached_step, sample_documents
+from scarce.train.sample import KVCache, cached_step, pick_tokens, sample_documents
 from scarce.train.trainer import train
 
 EOT = 0
@@ -38,7 +38,9 @@ def test_cached_logits_equal_the_full_forward_with_rows_at_different_positions(q
 
 
 @pytest.mark.parametrize("options", [{}, {"temperature": 0.7, "top_k": 5}, {"temperature": 0.0}])
-def test_cached_sampling_equals_recomputed_sampling(options):
+@pytest.mark.parametrize("chunk", [KVCache.CHUNK, 4])
+def test_cached_sampling_equals_recomputed_sampling(options, chunk, monkeypatch):
+    monkeypatch.setattr(KVCache, "CHUNK", chunk)  # 4: the cache grows and shrinks as documents start and end
     models = [micro(1)]
     cached = list(sample_documents(models, 60, EOT, batch_size=4, seed=3, **options))
     recomputed = list(sample_documents(models, 60, EOT, batch_size=4, seed=3, cache=False, **options))
@@ -47,6 +49,27 @@ def test_cached_sampling_equals_recomputed_sampling(options):
     for doc in cached:  # whole documents: no end-of-text inside, at most the context
         assert EOT not in doc.tokens and len(doc.tokens) <= 12
         assert doc.end == "eot" or len(doc.tokens) == 12
+
+
+def test_the_cache_grows_by_chunks_and_shrinks_once_two_are_unused(monkeypatch):
+    monkeypatch.setattr(KVCache, "CHUNK", 4)
+    cache = KVCache(micro(0), 2, torch.device("cpu"))
+    capacities = []
+    for span in (1, 4, 5, 12, 7, 5, 4, 9):
+        cache.fit(span)
+        capacities.append(cache.capacity)
+    assert capacities == [4, 4, 8, 12, 12, 12, 4, 12]  # never past the context (12)
+
+
+def test_draws_follow_the_distribution_and_never_pick_what_top_k_removed():
+    log_probs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(pick_tokens(log_probs, 1.0, None, generator), minlength=4) / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015, rtol=0)
+    top2 = torch.bincount(pick_tokens(log_probs, 1.0, 2, generator), minlength=4) / 20000
+    assert top2[2:].sum() == 0 and abs(top2[0] - 0.625) < 0.015  # renormalized over the two kept
+    cold = torch.bincount(pick_tokens(log_probs, 0.5, None, generator), minlength=4) / 20000
+    assert abs(cold[0] - 0.25 / (0.25 + 0.09 + 0.0225 + 0.0025)) < 0.015  # p^(1/T), renormalized
 
 
 def test_ensemble_sampling_averages_logits_and_matches_recomputation():

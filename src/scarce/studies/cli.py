@@ -34,9 +34,9 @@ def _base_config(config: Optional[Path], overrides: Optional[list[str]]):
     return load_config(config, overrides)
 
 
-def _executor(name: str, workers: Optional[int], threads: Optional[int], options: Optional[list[str]]):
+def executor_options(options: Optional[list[str]]) -> dict:
+    """--executor-option KEY=VALUE items as keyword arguments for the executor."""
     from scarce.config import parse_override
-    from scarce.executors import make_executor
 
     parsed = {}
     for item in options or []:
@@ -44,7 +44,13 @@ def _executor(name: str, workers: Optional[int], threads: Optional[int], options
             raise ScarceError(f"--executor-option {item!r} must look like KEY=VALUE, e.g. slurm_partition=gpu")
         keys, value = parse_override(item)
         parsed[".".join(keys)] = value
-    return make_executor(name, workers=workers, threads=threads, **parsed)
+    return parsed
+
+
+def _executor(name: str, workers: Optional[int], threads: Optional[int], options: Optional[list[str]]):
+    from scarce.executors import make_executor
+
+    return make_executor(name, workers=workers, threads=threads, **executor_options(options))
 
 
 @contextlib.contextmanager

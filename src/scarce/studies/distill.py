@@ -127,15 +127,20 @@ def check_teachers(base: RunConfig, teachers: list[Path]) -> None:
     check_same_data(configs, what="a student and its teachers")
 
 
-def run_distillation(
+def student_config(
     base: RunConfig, teachers: list[Path], mode: str, weight: float | None = None, synthetic: Path | None = None,
     synthetic_tokens: int | None = None, sample_batch_size: int = 64, seed: int = 0, progress: bool = True,
-    console: Console | None = None, single_loss: float | None = None, ensemble_loss: float | None = None,
-) -> dict:
-    """Sample (sequence mode, unless `synthetic` is given), train the student, report the retained fraction."""
-    from scarce.train.trainer import train
+    console: Console | None = None,
+) -> RunConfig:
+    """The student's config, ready to train (scarce.train.trainer.train, or as a job of any executor).
 
+    Checks the teachers against `base`; in sequence mode samples the synthetic tokens first (unless
+    `synthetic` names a file, or w = 0), reusing a file the same teachers, token count and seed wrote.
+    `weight` defaults to default_weight(mode, len(teachers)); `synthetic_tokens` to the student's D.
+    """
     teachers = [Path(t) for t in teachers]
+    if mode not in MODES:
+        raise ScarceError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_teachers(base, teachers)
     weight = default_weight(mode, len(teachers)) if weight is None else weight
     if mode == "sequence" and not 0 <= weight < 1:
@@ -144,6 +149,19 @@ def run_distillation(
         store = prepare_store(base.data.corpus, **base.data.store_options())
         n_tokens = synthetic_tokens or base.data.unique_tokens or store.train_token_count
         synthetic = sample_synthetic(teachers, n_tokens, Path(base.runs_dir) / SYNTHETIC_DIR, seed, sample_batch_size, progress, console)
-    student = train(distill_config(base, mode, teachers, weight, synthetic), progress=progress)
-    report = distillation_report(teachers, student, base.data.eval_tokens, single_loss, ensemble_loss)
-    return {"mode": mode, "weight": weight, "synthetic": str(synthetic) if synthetic else None, **report}
+    return distill_config(base, mode, teachers, weight, synthetic)
+
+
+def run_distillation(
+    base: RunConfig, teachers: list[Path], mode: str, weight: float | None = None, synthetic: Path | None = None,
+    synthetic_tokens: int | None = None, sample_batch_size: int = 64, seed: int = 0, progress: bool = True,
+    console: Console | None = None, single_loss: float | None = None, ensemble_loss: float | None = None,
+) -> dict:
+    """Sample (sequence mode, unless `synthetic` is given), train the student, report the retained fraction."""
+    from scarce.train.trainer import train
+
+    config = student_config(base, teachers, mode, weight, synthetic, synthetic_tokens, sample_batch_size, seed, progress, console)
+    student = train(config, progress=progress)
+    report = distillation_report([Path(t) for t in teachers], student, base.data.eval_tokens, single_loss, ensemble_loss)
+    synthetic = config.distill.synthetic
+    return {"mode": mode, "weight": config.distill.weight, "synthetic": str(synthetic) if synthetic else None, **report}

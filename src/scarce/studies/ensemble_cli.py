@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scarce.errors import ScarceError
+from scarce.studies.cli import ExecutorOptions, executor_options
 
 ensemble_app = typer.Typer(help="Ensembles of runs that differ by seed: train K members, score them.", no_args_is_help=True)
 console = Console()
@@ -40,15 +41,18 @@ def ensemble_train(
     vary: Annotated[str, typer.Option(help="Seeds that differ between members: seed (init), data_seed (data order), or both")] = "seed,data_seed",
     member_heuristic: Annotated[bool, typer.Option(help="Members get 2× epochs (≤ 128) and ½ weight decay (≥ 0.1)")] = False,
     study: Annotated[Optional[str], typer.Option(help="Study name recorded in every member's config (default NAME-ensemble)")] = None,
-    executor: Annotated[str, typer.Option(help="auto (fastest measured), sequential, local (a process pool) or batched (vmap, one process)")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Processes of the local executor (default: one per member, ≤ CPUs)")] = None,
+    executor: Annotated[str, typer.Option(help="auto (fastest measured), batched (vmap, one process), local (a process pool), serial, submitit or ray")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Runs at once (local: default one per CPU core, or per GPU)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (local on CPU: default 1)")] = None,
+    executor_option: ExecutorOptions = None,
     progress: bool = True,
 ):
-    """Train K members of an ensemble: the same config, different seeds. Finished identical members are reused."""
-    from scarce.studies.ensemble import member_configs, train_members
+    """Train K members of an ensemble: the same config, different seeds. Resumable: finished members are reused."""
+    from scarce.studies.ensemble import member_configs, member_executor, train_members
 
     configs = member_configs(_config(config, overrides), k, tuple(v.strip() for v in vary.split(",") if v.strip()), member_heuristic, study)
-    run_dirs = train_members(configs, executor, workers, progress)
+    chosen = member_executor(executor, configs, workers, threads, progress, **executor_options(executor_option))
+    run_dirs = train_members(configs, chosen, progress=progress, console=console)
     console.print(f"{len(run_dirs)} members of study {configs[0].study}:")
     for run_dir in run_dirs:
         console.print(f"  {run_dir}")

@@ -14,9 +14,9 @@ runs` and `scarce sample` read it like any run; the checkpoint holds no optimize
 cannot be resumed mid-way (it is written complete or not at all).
 """
 
+import contextlib
 import copy
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scarce import runs
 from scarce.config import RunConfig
@@ -34,7 +35,7 @@ from scarce.evals.perplexity import evaluate
 from scarce.model import Transformer, model_shape
 from scarce.train.checkpoint import save_checkpoint
 from scarce.train.optim import build_optimizer, lr_at
-from scarce.train.trainer import code_version, now, pick_device
+from scarce.train.trainer import code_version, now, pick_device, tokens_per_step
 
 SEED_KEYS = ("seed", "data_seed")
 
@@ -112,11 +113,8 @@ def train_batched(configs: list[RunConfig], progress: bool = True) -> list[Path]
             inputs = torch.stack([b.inputs for b in batches]).to(device)
             targets = torch.stack([b.targets for b in batches]).to(device)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, first.optim)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), warnings.catch_warnings():
-                # torch has no vmap rule for CPU flash attention yet: it loops over members there (measured in
-                # benchmarks/bench_ensemble.py), which is correct; the warning would repeat every step
-                warnings.filterwarnings("ignore", message=".*batching rule.*scaled_dot_product")
+                group["lr"] = lr_at(step, steps, first.optim, tokens_per_step(first))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), _batchable_attention(device):
                 losses = step_losses(params, buffers, inputs, targets)
             (losses.sum() / batches[0].global_targets).backward()
             if first.optim.grad_clip > 0:
@@ -126,6 +124,14 @@ def train_batched(configs: list[RunConfig], progress: bool = True) -> list[Path]
             bar.update(task, completed=step + 1)
     wall = time.perf_counter() - started
     return [_write_member(i, config, models[i], params, loaders[i], shape, store, device, wall) for i, config in enumerate(configs)]
+
+
+def _batchable_attention(device: torch.device):
+    """torch has no vmap rule for the CPU flash-attention kernel and would loop over the members (with a
+    warning every step); its math backend is plain matmuls and a softmax, which vmap batches."""
+    if device.type == "cpu":
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def _write_member(i, config, model, params, loader, shape, store, device, wall_seconds) -> Path:

@@ -34,49 +34,87 @@ class Document:
 
 
 class KVCache:
-    """Keys and values of every layer for `rows` slots, up to the model's context (fp32: the dtype
-    attention sees after RoPE, also under CUDA autocast)."""
+    """Keys and values of every layer for `rows` slots (fp32: the dtype attention sees after RoPE, also
+    under CUDA autocast).
+
+    The cache holds only the first `capacity` positions, a multiple of CHUNK that covers the positions
+    in use, and grows (or shrinks) by copying when they move past it. Attention then reads one contiguous
+    block per layer: a slice of a full-context cache is strided, and torch's CPU matmuls copy a strided
+    operand first, which measured 2-3x slower than attention itself (benchmarks/bench_sample.py).
+    """
+
+    CHUNK = 32
 
     def __init__(self, model: Transformer, rows: int, device: torch.device):
         s = model.shape
-        size = (s.n_layers, rows, s.n_heads, s.seq_len, s.head_dim)
-        self.keys = torch.zeros(size, device=device)
-        self.values = torch.zeros(size, device=device)
+        self.seq_len = s.seq_len
+        self.kv = torch.zeros(s.n_layers, 2, rows, s.n_heads, 0, s.head_dim, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.kv.shape[-2]
+
+    def fit(self, span: int) -> None:
+        """Hold positions 0..span-1: grow to the next multiple of CHUNK; shrink (rarely: when the longest
+        document ends) once two chunks are unused, so a span moving around a boundary does not copy often."""
+        wanted = min(self.seq_len, -(-span // self.CHUNK) * self.CHUNK)
+        if wanted > self.capacity or wanted <= self.capacity - 2 * self.CHUNK:
+            kv = self.kv.new_zeros(*self.kv.shape[:-2], wanted, self.kv.shape[-1])
+            kept = min(wanted, self.capacity)
+            kv[..., :kept, :] = self.kv[..., :kept, :]
+            self.kv = kv
 
 
 @torch.inference_mode()
 def cached_step(model: Transformer, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, span: int) -> torch.Tensor:
     """Next-token logits (B, vocab) for one new token per row at its own position.
 
-    tokens, positions: (B,) on the model's device; span = max(positions) + 1, the cache columns read.
+    tokens, positions: (B,) on the model's device; span = max(positions) + 1, the positions in use.
     """
     B = tokens.shape[0]
+    cache.fit(span)
     rows = torch.arange(B, device=tokens.device)
     cos, sin = model.rope_cos[positions][:, None, None, :], model.rope_sin[positions][:, None, None, :]
-    visible = (torch.arange(span, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+    # a row sees its own document only: later slots hold an earlier document's keys, or zeros
+    hidden = (torch.arange(cache.capacity, device=tokens.device)[None, :] > positions[:, None])[:, None, None, :]
     x = model.embed(tokens)[:, None, :]  # (B, 1, C)
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         q, k, v = attn.qkv(block.attn_norm(x)).view(B, 1, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(attn.q_norm(q), cos, sin), apply_rope(attn.k_norm(k), cos, sin)
-        cache.keys[layer, rows, :, positions] = k[:, :, 0].float()
-        cache.values[layer, rows, :, positions] = v[:, :, 0].float()
-        keys, values = cache.keys[layer, :, :, :span], cache.values[layer, :, :, :span]
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
-        x = x + attn.out(y.transpose(1, 2).reshape(B, 1, -1))
+        kv = cache.kv[layer]  # (2, B, H, capacity, head_dim), contiguous
+        kv[:, rows, :, positions] = torch.stack([k[:, :, 0], v[:, :, 0]], dim=1).float()  # (B, 2, H, head_dim)
+        # One query per row: two small batched matmuls and a softmax. Measured faster on CPU than
+        # scaled_dot_product_attention, whose flash kernel is built for many queries.
+        scores = (q.float() @ kv[0].transpose(-1, -2)) * attn.head_dim ** -0.5  # (B, H, 1, capacity)
+        y = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1) @ kv[1]
+        x = x + attn.out(y.to(x.dtype).transpose(1, 2).reshape(B, 1, -1))
         x = x + block.mlp(block.mlp_norm(x))
     return model.head(model.norm(x))[:, 0].float()
 
 
 def pick_tokens(log_probs: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
-    """(B, vocab) log-probabilities → (B,) sampled tokens; temperature 0 is greedy."""
+    """(B, vocab) log-probabilities → (B,) sampled tokens; temperature 0 is greedy.
+
+    Sampling inverts each row's cumulative distribution at one uniform draw: one random number per row.
+    torch.multinomial draws one per vocabulary entry (an exponential race) and took a third of a
+    batch-64 sampling step on CPU.
+    """
     if temperature == 0:
         return log_probs.argmax(dim=-1)
     scores = log_probs / temperature
     if top_k is not None and top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
-    return torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+    probs = F.softmax(scores, dim=-1)
+    cdf = probs.double().cumsum(dim=-1)  # float64: rounding cannot give a token of probability 0 mass
+    draws = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64)
+    picked = torch.searchsorted(cdf, draws * cdf[:, -1:], right=True)[:, 0]
+    past_end = picked == cdf.shape[-1]  # the draw rounded up to the total (about 1 in 2^53)
+    if past_end.any():
+        last_possible = cdf.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)
+        picked = torch.where(past_end, last_possible, picked)
+    return picked
 
 
 def check_sampling(temperature: float, top_k: int | None, batch_size: int, n_tokens: int) -> None:
