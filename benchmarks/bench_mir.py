@@ -3,10 +3,12 @@ along the batch, each against the plain next-token step, through the trainer's o
 
 Reference config of bench_train.py (4 layers, d_model 256, 4 heads, context 256, vocab 4096, batch 16).
 The three objectives are timed round-robin, `--block` steps each in a row (the first untimed: see the
-loop), so the machine's drift hits them alike; each figure is the median over the timed steps. The cheaper execution is the default
+loop), so the machine's drift hits them alike. A step's seconds are the median over its timed steps; a
+ratio is the median over rounds of that round's ratio to the plain step (paired: drift between rounds
+cancels), with the range over rounds beside it. The cheaper execution is the default
 (scarce.train.objectives.MIR_EXECUTION_BY_DEVICE); 2.0 is MIR's FLOP cost.
 
-    python benchmarks/bench_mir.py [--rounds 4] [--block 3] [--device auto] [--out benchmarks/results/mir.json]
+    python benchmarks/bench_mir.py [--rounds 8] [--block 4] [--device auto] [--out benchmarks/results/mir.json]
 """
 
 import argparse
@@ -26,21 +28,23 @@ from scarce.train.objectives import MaskedInput, NextToken
 REFERENCE = {
     "data": {"corpus": "kjv", "vocab_size": 4096, "unique_tokens": 200_000, "eval_tokens": 1024},
     "model": {"size": "small", "seq_len": 256},
-    "train": {"batch_size": 16, "epochs": 1, "compile": False},
+    "train": {"batch_size": 16, "compile": False},
 }
+BATCHES_PER_EPOCH = 49  # 200,000 unique tokens in batches of 16 × 256
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=4)  # the source has 49 batches: (4 + 1) × 3 × 3 = 45
-    parser.add_argument("--block", type=int, default=3, help="steps of one objective in a row (the first untimed)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--block", type=int, default=4, help="steps of one objective in a row (the first untimed)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mir.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as runs_dir:
         base = {"name": "bench-mir", "runs_dir": runs_dir, **REFERENCE}
-        config = resolve_config(base, ["objective.kind=mir", f"train.device={args.device}"])
+        epochs = -(-(args.rounds + 1) * 3 * args.block // BATCHES_PER_EPOCH)  # enough batches for every step
+        config = resolve_config(base, ["objective.kind=mir", f"train.device={args.device}", f"train.epochs={epochs}"])
         run = trainer._set_up(config, None)  # a MIR-shaped model (one mask-token row); NTP ignores that row
         objectives = {
             "plain": NextToken(),
@@ -49,6 +53,7 @@ def main():
         }
         batches = iter(run.source)
         seconds = {name: [] for name in objectives}
+        per_round = {name: [] for name in objectives}  # each round's median step
         for round_ in range(args.rounds + 1):
             for name, objective in objectives.items():
                 run.objective = objective
@@ -65,11 +70,14 @@ def main():
                         torch.cuda.synchronize()
                     if round_ and i:  # the first round warms up
                         seconds[name].append(time.perf_counter() - start)
+                if round_:
+                    per_round[name].append(statistics.median(seconds[name][-(args.block - 1):]))
     plain = statistics.median(seconds["plain"])
-    executions = {
-        name: {"step_seconds": statistics.median(seconds[name]), "step_time_ratio": statistics.median(seconds[name]) / plain}
-        for name in ("two_pass", "concatenated")
-    }
+    executions = {}
+    for name in ("two_pass", "concatenated"):
+        ratios = [s / p for s, p in zip(per_round[name], per_round["plain"])]
+        executions[name] = {"step_seconds": statistics.median(seconds[name]), "step_time_ratio": statistics.median(ratios),
+                            "step_time_ratio_range_over_rounds": [min(ratios), max(ratios)]}
     result = {
         "config": "4 layers, d_model 256, 4 heads, context 256, vocab 4096, batch 16",
         "device": run.device.type,

@@ -165,6 +165,26 @@ def test_the_planner_stays_within_the_budget_and_the_caps(document):
     assert repeated["flops"] <= 1e21 and repeated["repetition"]
 
 
+def test_the_shared_plan_leaves_a_domain_to_the_general_model_when_a_specialist_does_not_pay(document):
+    laws, unique = fitted_laws(document), {"code": 5e8, "verse": 2e8}
+    both = plan_specialization(laws, 1e17, unique, tokens_per_step=4096, params=3e6)["shared"]
+    assert both["specialists"] == ["code", "verse"]
+    # verse weighs nothing in the mean: a verse specialist is compute the general model or code could use
+    code_only = plan_specialization(laws, 1e17, unique, {"code": 1, "verse": 0}, tokens_per_step=4096, params=3e6)["shared"]
+    assert code_only["specialists"] == ["code"] and code_only["domain_tokens"]["verse"] == 0.0
+    assert code_only["flops"] == pytest.approx(6 * 3e6 * (code_only["general_tokens"] + code_only["domain_tokens"]["code"]))
+
+
+def test_specialists_stay_within_the_fitted_domain_tokens(document):
+    assert document["domains"]["code"]["domain_tokens_fitted"] == [1e7, 1.6e8]
+    floors = {"code": 1e7, "verse": 1e7}
+    plans = plan_specialization(fitted_laws(document), 1e17, {"code": 5e8, "verse": 2e8}, tokens_per_step=4096,
+                                params=3e6, min_domain_tokens=floors)
+    for name, p in plans.items():
+        assert p["flops"] <= 1e17, name
+        assert all(p["domain_tokens"][d] == 0.0 or p["domain_tokens"][d] >= floors[d] for d in floors), name
+
+
 def test_a_domain_with_too_few_points_is_reported_not_fitted_and_cannot_be_planned():
     found = [p for p in synthetic_points() if p.domain == "verse"][:4] + [p for p in synthetic_points() if p.domain == "code"]
     document = fit_domains(found, [SpecializationTransfer()])
@@ -228,3 +248,17 @@ def test_plan_specialize_command_writes_the_json(document, tmp_path, command):
     plans = json.loads(out.read_text())["plans"]
     assert set(plans["shared"]) >= {"params", "general_tokens", "domain_tokens", "flops", "predicted_loss"}
     assert set(plans["shared"]["predicted_loss"]) == {"code", "verse", "mean"}
+
+
+def test_plan_specialize_keeps_specialists_within_the_fit_unless_told(document, tmp_path):
+    fit, out = tmp_path / "fit.json", tmp_path / "plan.json"
+    fit.write_text(json.dumps(document))
+    shared = {}
+    for flag in ("--within-fit", "--beyond-fit"):  # 1.7e7 tokens of a 3e6 model: too few for two fitted specialists
+        result = CliRunner().invoke(app, ["plan", "specialize", str(fit), "--flops", "3e14", "--params", "3e6",
+                                          "--domain-tokens", "code=5e8", "--domain-tokens", "verse=2e8", flag, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        shared[flag] = json.loads(out.read_text())["plans"]["shared"]
+    assert shared["--within-fit"]["specialists"] == ["verse"] and shared["--within-fit"]["domain_tokens"]["verse"] >= 1e7
+    assert shared["--beyond-fit"]["specialists"] == ["code", "verse"]
+    assert min(shared["--beyond-fit"]["domain_tokens"].values()) < 1e7

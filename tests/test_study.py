@@ -14,7 +14,9 @@ from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
 from scarce.executors import make_executor
 from scarce.laws import DataConstrained
+from scarce.config import RunConfig
 from scarce.studies import study as S
+from scarce.studies.study.extrapolation import _with_params
 
 runner = CliRunner()
 RECIPE = ["model.seq_len=32", "data.vocab_size=512", "data.eval_tokens=512", "train.batch_size=8"]  # 256-token steps
@@ -65,7 +67,7 @@ def test_interventions_are_data_and_guarded():
         S.select_interventions(["dropout"])
     procedural = next(i for i in S.INTERVENTIONS if i.name == "procedural")
     reason = procedural.requires(S.base_config("kjv", "/tmp/unused", []))
-    assert (reason is None) == ("procedural" in S.RunConfig.model_fields)
+    assert (reason is None) == ("procedural" in RunConfig.model_fields)
     specialize = next(i for i in S.INTERVENTIONS if i.name == "specialize")
     assert "domain corpus" in specialize.requires(S.base_config("kjv", "/tmp/unused", []))
 
@@ -89,7 +91,7 @@ def test_honesty_guard(delta, spread, interval, verdict):
 
 
 def test_recommendation_spends_c_flops_and_at_most_u_unique_tokens():
-    law = S._with_params(DataConstrained(), {"E": 2.0, "A": 40.0, "alpha": 0.3, "B": 300.0, "beta": 0.3, "R_star_D": 15.0})
+    law = _with_params(DataConstrained(), {"E": 2.0, "A": 40.0, "alpha": 0.3, "B": 300.0, "beta": 0.3, "R_star_D": 15.0})
     flops, unique = 1e17, 2e6
     plain = S.predict_recipe(law, 1.0, [], 1.0, flops, unique)
     n, tokens, epochs = plain["params"]["value"], plain["tokens"]["value"], plain["epochs"]["value"]

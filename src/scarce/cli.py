@@ -15,7 +15,7 @@ from scarce.laws import cli as laws_cli
 from scarce.studies import cli as studies_cli
 from scarce.studies import specialize_cli
 from scarce.studies import ensemble_cli
-from scarce.studies import study_cli
+from scarce.studies.study import cli as study_cli
 
 app = typer.Typer(
     help="Pretraining language models when unique data is the limit.", no_args_is_help=True, pretty_exceptions_enable=False,

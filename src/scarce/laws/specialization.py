@@ -4,7 +4,7 @@
 leave-one-out and extrapolation to the largest N, bootstrap intervals); `plan_specialization` picks N, D
 and each D'_i minimizing the weighted mean predicted domain loss under a FLOP budget, for four strategies:
 
-    shared       one general model, copied per domain:   C = 6·N·(D + Σ D'_i)
+    shared       one general model, copied per domain:   C = 6·N·(D + Σ D'_i)  (D'_i = 0 allowed)
     independent  a general model per specialist:         C = 6·N·Σ (D_i + D'_i)
     general      the general model only (D'_i = 0):      C = 6·N·D
     domain       each domain from scratch (D = 0):       C = 6·N·Σ D'_i
@@ -13,6 +13,11 @@ Unique data is capped: the general mixture has Σ U_i unique tokens and domain i
 allowed, tokens past a cap count as Muennighoff et al.'s effective data (2023, arXiv 2305.16264):
 U + U·R*·(1 − exp(−(tokens/U − 1)/R*)), R* = 15.4, and the plan says which phase repeats and how often;
 without it, no phase may exceed its cap.
+
+A law is trusted only where it was fitted: a specialist gets no D' at all, or at least `min_domain_tokens`
+(by default, from `scarce plan specialize`, the smallest D' of its fit: below it the re-warmed learning rate
+can raise the loss, which no form expresses). So the shared strategy also chooses which domains get a
+specialist; the rest use the general model (D'_i = 0).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ def fit_domains(points: Sequence, laws: Sequence[Law], *, bootstrap: int = 0, ho
                                         else r.loo_rmse_log, r.loo_rmse_log))
         out["domains"][domain] = {
             "n_points": len(mine),
+            "domain_tokens_fitted": [float(x["D_spec"].min()), float(x["D_spec"].max())],
             "chosen": best.law,
             "comparison": [r.to_dict() for r in rows],
             "fits": [fit_to_json(r.fitted, columns={v: COLUMNS.get(v, v) for v in r.fitted.variables}, y_column="loss",
@@ -131,15 +137,19 @@ def _loss(law: Law, params: float, general: float, domain: float) -> float:
 def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Mapping[str, float],
                         weights: Mapping[str, float] | None = None, *, repeat: bool = True,
                         tokens_per_step: int = 1, min_params: float | None = None,
-                        params: float | None = None) -> dict[str, dict]:
+                        params: float | None = None, min_domain_tokens: Mapping[str, float] | None = None,
+                        ) -> dict[str, dict]:
     """The best allocation of `flops` for every strategy (see the module docstring), as JSON-ready dicts:
     {"params", "general_tokens", "domain_tokens": {name: D'}, "flops", "predicted_loss": {name, "mean"},
     "repetition": {phase: epochs}} (a strategy the law cannot predict has "predicted_loss": null).
 
     unique_tokens: every planned domain's cap U_i (the domains planned). weights: of the mean (default
     equal; must sum to a positive number). Each phase a strategy uses gets at least one optimizer step of
-    `tokens_per_step` tokens; models range from `min_params` (default 1e3) up, or have exactly `params`
-    (planning the tokens for a model size one can train).
+    `tokens_per_step` tokens, and a specialist of domain i at least `min_domain_tokens[i]`; models range
+    from `min_params` (default 1e3) up, or have exactly `params` (planning the tokens for a model size one
+    can train). The shared plan's "specialists" names the domains that get one: starting from all, a
+    domain is left to the general model while that lowers the predicted mean (greedy backward elimination;
+    with two domains it tries every non-empty subset, the empty one being the general strategy).
     """
     if not flops > 0:
         raise ScarceError(f"--flops must be > 0, got {flops!r}")
@@ -166,14 +176,29 @@ def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Ma
     if flops < smallest:
         raise ScarceError(f"--flops {flops:.3g} is below one optimizer step of the smallest model "
                           f"(6 × {math.exp(low):.3g} params × {tokens_per_step} tokens = {smallest:.3g})")
-    return {strategy: _plan(strategy, laws, flops, unique_tokens, weights, repeat, tokens_per_step, low,
-                            fixed=params is not None) for strategy in STRATEGIES}
+    floors = {name: max(tokens_per_step, (min_domain_tokens or {}).get(name, 0.0)) for name in names}
+    plan = lambda strategy, specialists=names: _plan(strategy, laws, flops, unique_tokens, weights, repeat,
+                                                    tokens_per_step, low, floors, specialists, fixed=params is not None)
+    plans = {strategy: plan(strategy) for strategy in STRATEGIES}
+    shared = plans["shared"]
+    while len(shared["specialists"]) > 1:  # leave a domain to the general model while that helps
+        fewer = [plan("shared", [n for n in shared["specialists"] if n != dropped]) for dropped in shared["specialists"]]
+        best = min(fewer, key=_mean_loss)
+        if _mean_loss(best) >= _mean_loss(shared):
+            break
+        shared = best
+    plans["shared"] = shared
+    return plans
 
 
-def _phases(strategy: str, names: list[str]) -> list[tuple[str, str | None]]:
+def _mean_loss(plan: dict) -> float:
+    return plan["predicted_loss"]["mean"] if plan["predicted_loss"] else math.inf
+
+
+def _phases(strategy: str, names: list[str], specialists: list[str]) -> list[tuple[str, str | None]]:
     """The token phases a strategy spends compute on: (kind, domain) with kind general or domain."""
     if strategy == "shared":
-        return [("general", None)] + [("domain", n) for n in names]
+        return [("general", None)] + [("domain", n) for n in specialists]
     if strategy == "independent":
         return [(kind, n) for n in names for kind in ("general", "domain")]
     if strategy == "general":
@@ -187,21 +212,26 @@ def _phase_name(kind: str, domain: str | None) -> str:
     return "general" if domain is None else f"general:{domain}"
 
 
-def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, fixed=False) -> dict:
+def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, floors, specialists,
+          fixed=False) -> dict:
     names = list(unique)
-    phases = _phases(strategy, names)
+    phases = _phases(strategy, names, specialists)
     caps = [(sum(unique.values()) if kind == "general" else unique[n]) for kind, n in phases]
+    least = [tokens_per_step if kind == "general" else floors[n] for kind, n in phases]
 
     def allocate(z):
-        """Tokens per phase from (log N, share logits): every phase at least one step, capped without repetition.
-        With a fixed size, z holds the share logits alone."""
+        """Tokens per phase from (log N, share logits): every phase at least its floor (one step; a
+        specialist's fitted minimum), capped without repetition. With a fixed size, z holds the share
+        logits alone."""
         if fixed:
             z = np.concatenate([[low], z])
         params = math.exp(z[0])
         # a hair under the budget, so rounding never takes the plan's FLOPs past it
-        budget = flops * (1 - 1e-12) / (FLOPS_PER_PARAM_TOKEN * params) - len(phases) * tokens_per_step
+        budget = flops * (1 - 1e-12) / (FLOPS_PER_PARAM_TOKEN * params) - sum(least)
+        if not repeat and any(floor > cap for floor, cap in zip(least, caps)):
+            budget = -1.0  # a specialist's minimum exceeds its unique data: infeasible without repetition
         shares = np.exp(z[1:] - np.max(z[1:]))
-        tokens = [tokens_per_step + budget * s / shares.sum() for s in shares]
+        tokens = [floor + budget * s / shares.sum() for floor, s in zip(least, shares)]
         if not repeat:
             tokens = [min(t, c) for t, c in zip(tokens, caps)]
         return params, tokens, budget
@@ -224,7 +254,7 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
         mean = sum(weights[n] * values[n] for n in names if weights[n] > 0)
         return mean if np.isfinite(mean) else 1e6
 
-    high = math.log(flops / (FLOPS_PER_PARAM_TOKEN * len(phases) * tokens_per_step))
+    high = math.log(flops / (FLOPS_PER_PARAM_TOKEN * sum(least)))
     best = None
     for log_params in [low] if fixed else np.linspace(low, max(low, high), 5):
         start = np.zeros(len(phases)) if fixed else np.concatenate([[log_params], np.zeros(len(phases))])
@@ -243,11 +273,15 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
                            {n: t for (kind, n), t in zip(phases, tokens) if kind == "general"}) if general else 0.0,
         "domain_tokens": {n: next((t for (kind, m), t in zip(phases, tokens) if kind == "domain" and m == n), 0.0)
                           for n in names},
+        "specialists": [n for kind, n in phases if kind == "domain"],
         "flops": FLOPS_PER_PARAM_TOKEN * params * sum(tokens),
         "predicted_loss": {**values, "mean": mean} if budget >= 0 and np.isfinite(mean) else None,
         "repetition": {_phase_name(kind, n): t / cap for (kind, n), t, cap in zip(phases, tokens, caps) if t > cap},
     }
-    if plan["predicted_loss"] is None:
+    if budget < 0:
+        plan["note"] = ("the budget cannot give every phase its minimum (one optimizer step; a specialist the "
+                        "smallest D' its law was fitted on)")
+    elif plan["predicted_loss"] is None:
         plan["note"] = "the fitted law cannot predict this strategy (e.g. the additive form at D' = 0 or D = 0)"
     return plan
 

@@ -101,6 +101,12 @@ def specialize(
         fit_study(Path(base.runs_dir), study, law or [], bootstrap, base.train.batch_size * base.model.seq_len, holdout)
 
 
+def _fitted_minimum(document: dict) -> dict[str, float]:
+    """Each domain's smallest fitted D' (fits written before the range was recorded have none)."""
+    return {name: entry["domain_tokens_fitted"][0] for name, entry in document["domains"].items()
+            if "domain_tokens_fitted" in entry}
+
+
 def fit_study(runs_dir: Path, study: str, law_names: list[str], bootstrap: int, tokens_per_step: int,
               holdout: str = "N") -> Path:
     """Fit and compare the laws on a study's points; write `<study>-fit.json` and `<study>-fit.png`."""
@@ -142,6 +148,8 @@ def plan_specialize(
     law: Annotated[Optional[str], typer.Option(help="The law to plan with (default: each domain's chosen law)")] = None,
     repeat: Annotated[bool, typer.Option(help="Allow phases past their unique data (repeated epochs)")] = True,
     params: Annotated[Optional[float], typer.Option(help="Plan for a model of exactly this many parameters")] = None,
+    within_fit: Annotated[bool, typer.Option("--within-fit/--beyond-fit", help=(
+        "A specialist gets no D' or at least the smallest D' its law was fitted on; --beyond-fit: one step"))] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plans as JSON")] = None,
 ):
     """Choose N, D and each D' for a FLOP budget: shared general phase, independent ones, general only, domain only."""
@@ -157,7 +165,8 @@ def plan_specialize(
     laws = fitted_laws(document, law)
     unique = _named(domain_tokens, "--domain-tokens") if domain_tokens else dict(document.get("unique_tokens") or {})
     plans = plan_specialization(laws, flops, unique, _named(weights, "--weights") if weights else None, repeat=repeat,
-                                tokens_per_step=document.get("tokens_per_step") or 1, params=params)
+                                tokens_per_step=document.get("tokens_per_step") or 1, params=params,
+                                min_domain_tokens=_fitted_minimum(document) if within_fit else None)
     table = Table("strategy", "params", "general tokens", *[f"D' {n}" for n in unique], "FLOPs", "mean loss", "repeats",
                   title=f"best split of {flops:.3g} FLOPs")
     for name, p in plans.items():

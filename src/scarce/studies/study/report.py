@@ -17,7 +17,8 @@ import numpy as np
 
 from scarce.atomic import write_bytes_atomic
 from scarce.report import plt, save_figure
-from scarce.studies.study import NOT_DISTINGUISHABLE, STANDARD_WEIGHT_DECAY
+from scarce.studies.study.estimates import NOT_DISTINGUISHABLE
+from scarce.studies.study.interventions import STANDARD_WEIGHT_DECAY
 
 FIGURES_DIR = "figures"
 
@@ -141,7 +142,7 @@ def plot_laws(results: dict, path: Path) -> tuple[Path, list[str]] | None:
     """Left: the tuned recipe's points and its fitted law against epochs, past the largest measured epochs.
     Right: each recipe's predicted loss at the user's U against compute, with the user's C marked."""
     from scarce.laws import DataConstrained, plan
-    from scarce.studies.study import _with_params
+    from scarce.studies.study.extrapolation import _with_params
 
     laws = results["extrapolation"]["laws"]
     if not laws:

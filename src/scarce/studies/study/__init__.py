@@ -1,0 +1,105 @@
+"""`scarce study`: from a corpus and a compute budget to a measured recommendation.
+
+"I have U unique tokens of this corpus and C FLOPs: what should I train, and what is each trick worth on my
+data?" The study answers with its own small runs, in four steps:
+
+1. **Design** (`design_study`): a grid of small models × nested unique-token budgets × epochs × weight
+   decays, plus the interventions measured at the smallest size, sized so the predicted wall time fits the
+   budget on this machine (throughput calibrated by timing a few training steps here).
+2. **Runs** (`run_study`): all of them as one resumable study in `DIR/runs` through an executor; the
+   design is kept in `DIR/design.json`, so re-running the command continues and never repeats a run.
+3. **Estimates** (`estimate`): each intervention's loss change at matched compute, its effective-data
+   multiplier with a bootstrap interval, and an honesty verdict against the seed-to-seed spread.
+4. **Fits and extrapolation** (`extrapolate`): data-constrained laws fitted to the runs, the form picked
+   by held-out error, then the best (N, epochs, recipe) at the user's U and C, its loss, the asymptote as
+   compute → ∞, and the data efficiency of the best recipe against the standard one.
+
+Interventions are data (`Intervention`): a name, config overrides, how the effect is measured and what
+it is compared with. See docs/study.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from scarce.atomic import write_json_atomic
+from scarce.config import RunConfig
+from scarce.errors import ScarceError
+from scarce.executors import Executor
+from scarce.studies.study.design import (ANALYSIS_FRACTION, Design, Inputs, base_config, check_inputs, design_or_resume,
+                                         design_study, step_tokens, write_design)
+from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, Effect, estimate_multiplier, judge, measure_effects
+from scarce.studies.study.extrapolation import (asymptote_at, compare_forms, extrapolate, law_candidates,
+                                                measured_scale, predict_recipe)
+from scarce.studies.study.interventions import INTERVENTIONS, STANDARD_WEIGHT_DECAY, Intervention, select_interventions
+from scarce.studies.study.running import StudyRuns, run_study
+
+RESULTS_FILE = "results.json"
+
+__all__ = [  # the whole study, and the pieces a notebook or a test reaches for
+    "run", "conclude", "RESULTS_FILE", "INTERVENTIONS", "Intervention", "select_interventions", "STANDARD_WEIGHT_DECAY",
+    "Inputs", "Design", "base_config", "design_study", "step_tokens", "ANALYSIS_FRACTION", "Effect", "judge",
+    "NOT_DISTINGUISHABLE", "asymptote_at", "predict_recipe",
+]
+
+
+def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervention], inputs: Inputs,
+             base: RunConfig, bootstrap: int) -> dict:
+    """Effects (with multipliers and verdicts), laws and the recommendation, as one JSON-ready dict."""
+    effects, spread = measure_effects(study, design, interventions)
+    comparison = compare_forms(study.rows)
+    template = law_candidates()[comparison["chosen"]] if comparison["chosen"] else None
+    for effect in effects:
+        if effect.status == "measured":
+            estimate_multiplier(effect, study.rows, template, bootstrap)
+        judge(effect)
+    extrapolation = extrapolate(study.rows, effects, inputs, base, bootstrap, comparison)
+    return {
+        "schema": "scarce.study/1", "inputs": inputs.key(), "design": asdict(design), "spread": spread,
+        "effects": [asdict(e) for e in effects], "extrapolation": extrapolation,
+        "scale": measured_scale(study.rows, inputs),
+        "ensembles": study.ensembles, "rows": [asdict(r) for r in study.rows], "failed": study.failed,
+        "bootstrap": bootstrap,
+    }
+
+
+def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, hours: float = 1.0,
+        executor: Executor | str = "local", workers: int | None = None, threads: int | None = None,
+        overrides: Sequence[str] = (), interventions: Sequence[str] | None = None, bootstrap: int = 100,
+        design: Design | None = None, console: Console | None = None, live: bool = True) -> dict:
+    """The whole study: check, design (or continue), train, conclude, write results.json and the report.
+
+    `executor` is an executor or its name (then built with `workers` and `threads`); `workers` is also the
+    parallelism the design assumes. `design` replaces the calibrated design (tests, or a hand-made grid)."""
+    from scarce.executors import make_executor, usable_cpus
+    from scarce.studies.study.report import write_report
+
+    console = console or Console(stderr=True)
+    out = Path(out).resolve()
+    if bootstrap < 0:
+        raise ScarceError(f"--bootstrap must be ≥ 0, got {bootstrap}")
+    inputs, base = check_inputs(corpus, flops, unique_tokens, hours, workers, out, overrides, interventions)
+    if isinstance(executor, str):
+        executor = make_executor(executor, workers=workers, threads=threads)
+    chosen = select_interventions(inputs.interventions)
+    parallel = executor.workers or workers or usable_cpus()
+    if design is None:
+        design = design_or_resume(inputs, base, out, threads, parallel, chosen, console)
+    else:
+        write_design(out, inputs, design)
+    console.print(f"design: {design.level}; sizes {', '.join(design.sizes)}; budgets "
+                  f"{', '.join(f'{d:,}' for d in design.budgets)} unique tokens; epochs {design.epochs}; "
+                  f"weight decay {design.weight_decays}; {design.members} seeds; predicted "
+                  f"{design.predicted_seconds / 60:.1f} min of runs on {design.workers} worker(s)")
+    started = time.perf_counter()
+    study_runs = run_study(base, design, chosen, executor, console, live)
+    results = conclude(study_runs, design, chosen, inputs, base, bootstrap)
+    results["wall_seconds"] = {"runs": study_runs.wall_seconds, "total": time.perf_counter() - started}
+    write_json_atomic(out / RESULTS_FILE, results)
+    write_report(results, out)
+    return results

@@ -1,0 +1,320 @@
+"""The study's inputs and design: check them, calibrate this machine's throughput, and pick the richest
+grid of runs whose predicted wall time fits the budget (docs/study.md, "How it designs the runs")."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from scarce.atomic import write_json_atomic
+from scarce.config import RunConfig, resolve_config
+from scarce.errors import ScarceError
+from scarce.studies.study.interventions import (DISTILL_WEIGHT, PROCEDURAL_FRACTION, STANDARD_WEIGHT_DECAY,
+                                                Intervention, select_interventions)
+
+STUDY_NAME = "study"  # the study's runs in DIR/runs carry study = "study"
+DESIGN_FILE = "design.json"
+# The recipe every run shares unless the user overrides it: CPU-sized context and batch, a vocabulary
+# small enough that the output head does not dominate micro models, evaluation only at the end.
+BASE_RECIPE = {
+    "data": {"vocab_size": 4096, "eval_tokens": 16384},
+    "model": {"seq_len": 128},
+    "optim": {"lr": 3e-3, "weight_decay": STANDARD_WEIGHT_DECAY},
+    "train": {"batch_size": 16, "eval_every": 0, "checkpoint_every": 500, "keep_checkpoints": 1},
+}
+RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, final evaluation and checkpoint
+ANALYSIS_FRACTION = 0.25  # of the budget kept for ensemble scoring, sampling, fits and the report
+MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
+SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
+# Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
+# KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
+SAMPLING_SLOWDOWN = 20.0
+
+@dataclass
+class Inputs:
+    corpus: str
+    flops: float
+    unique_tokens: int  # U: the user's unique tokens (default: the corpus's training split)
+    corpus_tokens: int  # training tokens in the corpus's store
+    hours: float
+    workers: int
+    interventions: list[str]
+    overrides: list[str]
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+def base_config(corpus: str, out: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The recipe every run of the study shares (BASE_RECIPE, then the user's overrides)."""
+    data = json.loads(json.dumps(BASE_RECIPE))
+    data["data"]["corpus"] = corpus
+    data.update(name=STUDY_NAME, runs_dir=str(Path(out) / "runs"), study=STUDY_NAME)
+    config = resolve_config(data, list(overrides))
+    for key in ("data.unique_tokens", "model.size", "train.epochs", "optim.weight_decay", "train.seed"):
+        if any(o.split("=", 1)[0].strip() == key for o in overrides):
+            raise ScarceError(f"override {key}: the study sets it per run; leave it out")
+    if config.data.domains is not None:
+        raise ScarceError("data.domains: `scarce study` studies one corpus; use `scarce specialize` for domain corpora")
+    return config
+
+
+def check_inputs(corpus: str, flops: float, unique_tokens: int | None, hours: float, workers: int | None,
+                 out: Path, overrides: Sequence[str] = (), interventions: Sequence[str] | None = None,
+                 ) -> tuple[Inputs, RunConfig]:
+    """Every input checked before anything is written in `out` (tokenizing the corpus fills only the cache)."""
+    if not (isinstance(flops, int | float) and math.isfinite(flops) and flops > 0):
+        raise ScarceError(f"--flops must be a positive number of training FLOPs, got {flops!r}")
+    if not (math.isfinite(hours) and hours > 0):
+        raise ScarceError(f"--budget-hours must be positive, got {hours!r}")
+    if workers is not None and workers < 1:
+        raise ScarceError(f"--workers must be at least 1, got {workers}")
+    if unique_tokens is not None and unique_tokens < 2:
+        raise ScarceError(f"--unique-tokens must be at least 2, got {unique_tokens}")
+    chosen = select_interventions(interventions)
+    from scarce.data.corpora import list_corpora
+    from scarce.data.store import prepare_store
+
+    if corpus not in list_corpora():
+        if not Path(corpus).exists():
+            raise ScarceError(f"unknown corpus {corpus!r}: not a catalog name ({', '.join(list_corpora())}) "
+                              "and no such file or directory")
+        corpus = str(Path(corpus).resolve())  # runs are keyed by their config: the same path from any directory
+    base = base_config(corpus, out, overrides)
+    store = prepare_store(corpus, **base.data.store_options())
+    available = store.train_token_count
+    if unique_tokens is not None and unique_tokens > available:
+        raise ScarceError(f"--unique-tokens {unique_tokens:,} exceeds the {available:,} training tokens of corpus "
+                          f"{corpus!r}; give at most {available:,} (or omit it to use them all)")
+    if Path(out).exists() and any(Path(out).iterdir()) and not (Path(out) / DESIGN_FILE).is_file():
+        raise ScarceError(f"--out {out} exists and holds no study ({DESIGN_FILE}); give an empty or new directory")
+    inputs = Inputs(corpus, float(flops), int(unique_tokens or available), available, float(hours), workers or 0,
+                    [i.name for i in chosen], list(overrides))
+    return inputs, base
+
+
+# ---------------------------------------------------------------- design
+
+
+@dataclass(frozen=True)
+class Level:
+    """A design shape, from richest to poorest; the richest whose budgets stay useful in the time is used."""
+
+    name: str
+    sizes: tuple[str, ...]
+    budgets: int  # nested unique-token budgets: the largest D and D/2, D/4, ...
+    epochs: tuple[int, ...]
+    weight_decays: tuple[float, ...]  # always includes the standard 0.1
+    members: int  # ensemble members = seeds at the tuned setting (the seed-to-seed spread)
+    min_steps: int  # the largest budget must be at least this many optimizer steps of tokens
+    full_sizes: int = 2  # sizes after the first `full_sizes` run at the smallest budget only (for their cost)
+
+
+# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters); the third,
+# costliest size runs at the smallest budget only, which is enough for that.
+LEVELS = (
+    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 64),
+    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
+    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 4),
+    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 2, 2),
+)
+
+
+def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) -> list[tuple[str, int]]:
+    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the smallest."""
+    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[:1])]
+
+
+@dataclass
+class Design:
+    level: str
+    sizes: list[str]
+    budgets: list[int]  # unique tokens, ascending, nested (each a prefix of the next)
+    epochs: list[int]
+    weight_decays: list[float]
+    members: int
+    workers: int
+    seconds_per_token: dict[str, float]  # calibrated training seconds per token, per size
+    predicted_seconds: float
+    hours: float
+    full_sizes: int = 2  # sizes after these run at the smallest budget only
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Design:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 3,
+              measured: int = 2) -> dict[str, float]:
+    """Training seconds per token, timed here over a few optimizer steps with the runs' thread count, for
+    the first `measured` sizes; larger ones scaled from the last measured by FLOPs per token
+    (conservative: larger models use a CPU better, so they run faster than this predicts)."""
+    import torch
+
+    from scarce.model import model_shape
+
+    device = torch.device("cuda" if base.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    shapes = {s: model_shape(s, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len) for s in sizes}
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads or 1)
+    seconds: dict[str, float] = {}
+    try:
+        for size in sizes[:measured]:
+            seconds[size] = _time_steps(shapes[size], base, device, steps)
+    finally:
+        torch.set_num_threads(threads_before)
+    last = sizes[min(measured, len(sizes)) - 1]
+    for size in sizes[measured:]:
+        seconds[size] = seconds[last] * shapes[size].train_flops_per_token() / shapes[last].train_flops_per_token()
+    return seconds
+
+
+def _time_steps(shape, base: RunConfig, device, steps: int) -> float:
+    """Seconds per training token of one model shape: forward, backward and AdamW step, first step excluded."""
+    import torch
+
+    from scarce.model import Transformer
+    from scarce.train.optim import build_optimizer
+
+    model = Transformer(shape).to(device)
+    optimizer = build_optimizer(model, base.optim)
+    tokens = torch.randint(0, base.data.vocab_size, (base.train.batch_size, base.model.seq_len + 1), device=device)
+    for i in range(steps + 1):
+        if i == 1:  # the first step pays one-time costs
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(tokens[:, :-1])
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / (steps * base.train.batch_size * base.model.seq_len)
+
+
+def step_tokens(base: RunConfig) -> int:
+    return base.train.batch_size * base.model.seq_len
+
+
+def nested_budgets(largest: int, count: int, step: int) -> list[int]:
+    """largest, largest/2, ... rounded down to whole optimizer steps (at least one), ascending."""
+    budgets = sorted({max(step, (largest >> i) // step * step) for i in range(count)})
+    return budgets
+
+
+def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[Intervention],
+                 base: RunConfig) -> list[list[tuple[str, float]]]:
+    """What a design will compute, stage by stage, as (size, training-token equivalents): the grid; the
+    single-run interventions and ensemble members; the teachers' sampling (in the driver, one at a time);
+    the distillation students. Interventions are budgeted at the grid's largest epochs (their tuned epochs
+    are not known yet), the evaluation as a third of a training step per evaluated token."""
+    evaluation = (base.data.eval_tokens or 0) / 3
+    most, small = max(level.epochs), level.sizes[0]
+    grid = [(size, d * e + evaluation) for size, d in grid_cells(level.sizes, budgets, level.full_sizes)
+            for e in level.epochs for _ in level.weight_decays]
+    after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
+             for i in interventions if i.measure == "single" for d in i.where(budgets)]
+    ensembles = list(budgets)  # seeds of every tuned setting: the spread every verdict is judged against
+    after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
+    scoring = [(small, level.members * evaluation) for _ in ensembles]
+    distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
+    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d)) for d in distilled]
+    students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
+    return [grid, after, scoring, sampling, students]
+
+
+def synthetic_tokens(budget: int) -> int:
+    """Tokens the teachers sample for a student at this budget (whole documents overshoot it)."""
+    return max(1, int(budget * SYNTHETIC_FRACTION))
+
+
+def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_token: dict[str, float],
+                    workers: int) -> float:
+    """Wall time of the stages one after another, each spread over the workers longest-first."""
+    total = 0.0
+    for stage in stages:
+        loads = [0.0] * max(1, workers)
+        for duration in sorted((RUN_OVERHEAD_SECONDS + tokens * seconds_per_token[size] for size, tokens in stage),
+                               reverse=True):
+            loads[loads.index(min(loads))] += duration
+        total += max(loads) if stage else 0.0
+    return total
+
+
+def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, float], workers: int,
+                 interventions: Sequence[Intervention]) -> Design:
+    """The richest level whose largest budget, the most that fits (1 − ANALYSIS_FRACTION) of the time,
+    is at least its `min_steps`; budgets never exceed U."""
+    step = step_tokens(base)
+    seconds = inputs.hours * 3600 * (1 - ANALYSIS_FRACTION)
+    active = [i for i in interventions if i.requires(base) is None]
+    for level in LEVELS:
+        if not all(size in seconds_per_token for size in level.sizes):
+            continue
+
+        def fits(steps: int) -> bool:
+            budgets = nested_budgets(steps * step, level.budgets, step)
+            return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds
+
+        cap = inputs.unique_tokens // step
+        lo, hi = 0, 1
+        while hi <= cap and fits(hi):
+            lo, hi = hi, hi * 2
+        hi = min(hi, cap + 1)
+        while hi - lo > 1:  # largest steps in [lo, hi) that fits
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        if lo >= level.min_steps:
+            budgets = nested_budgets(lo * step, level.budgets, step)
+            predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
+            return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
+                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes)
+    # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
+    smallest = LEVELS[-1]
+    if inputs.unique_tokens < smallest.min_steps * step:
+        raise ScarceError(f"the corpus gives {inputs.unique_tokens:,} unique tokens, fewer than the smallest study "
+                          f"budget ({smallest.min_steps * step:,} tokens = {smallest.min_steps} steps of "
+                          f"{step:,}); give more --unique-tokens or a larger corpus")
+    budgets = nested_budgets(smallest.min_steps * step, smallest.budgets, step)
+    stages = planned_runs(smallest, budgets, active, base)
+    one_run = predict_seconds([stages[0][:1]], seconds_per_token, 1)
+    if one_run > inputs.hours * 3600:
+        raise ScarceError(f"--budget-hours {inputs.hours:g} is too small for even one run on this machine (predicted "
+                          f"{one_run:.0f} s each); give at least --budget-hours {math.ceil(one_run * 20 / 3600 * 100) / 100:g}")
+    predicted = predict_seconds(stages, seconds_per_token, workers)
+    return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
+                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes)
+
+
+def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,
+                     interventions: Sequence[Intervention], console: Console) -> Design:
+    """The design kept in DIR/design.json when the inputs are the same (a re-run continues the study);
+    otherwise calibrate and design anew (runs whose configs recur are still reused)."""
+    path = Path(out) / DESIGN_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("inputs") == inputs.key():
+            console.print(f"continuing the study in {out} (design from {path.name})")
+            return Design.from_dict(saved["design"])
+        console.print(f"[yellow]note:[/yellow] the inputs differ from {path}'s; designing anew (finished runs with "
+                      "the same settings are reused)")
+    sizes = sorted({s for level in LEVELS for s in level.sizes}, key=lambda s: ["micro", "tiny", "small"].index(s))
+    seconds_per_token = calibrate(base, sizes, threads)
+    design = design_study(inputs, base, seconds_per_token, workers, interventions)
+    write_design(out, inputs, design)
+    return design
+
+
+def write_design(out: Path, inputs: Inputs, design: Design) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out) / DESIGN_FILE, {"schema": "scarce.study-design/1", "inputs": inputs.key(),
+                                                "design": asdict(design)})
