@@ -144,8 +144,8 @@ def sample_documents(
     context = min(m.shape.seq_len for m in models)
     generator = torch.Generator(device).manual_seed(seed)
     caches = [KVCache(m, batch_size, device) for m in models] if cache else None
-    tokens = torch.full((batch_size,), eot_id, dtype=torch.long)  # each row's next input
-    positions = torch.zeros(batch_size, dtype=torch.long)
+    tokens = [eot_id] * batch_size  # each row's next input (Python lists: one tensor per step, not 2 per row)
+    positions = [0] * batch_size
     histories = [[eot_id] for _ in range(batch_size)]  # each row's document so far, with its prompt
     active = [True] * batch_size
     sampled, started = 0, time.perf_counter()
@@ -158,9 +158,8 @@ def sample_documents(
         while any(active):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 if cache:
-                    span = int(positions.max()) + 1
-                    step_tokens, step_positions = tokens.to(device), positions.to(device)
-                    logits = [cached_step(m, c, step_tokens, step_positions, span) for m, c in zip(models, caches)]
+                    step_tokens, step_positions = torch.tensor(tokens, device=device), torch.tensor(positions, device=device)
+                    logits = [cached_step(m, c, step_tokens, step_positions, max(positions) + 1) for m, c in zip(models, caches)]
                 else:
                     logits = [_recomputed_logits(m, histories, device) for m in models]
             picked = pick_tokens(combine_log_probs(logits, combine), temperature, top_k, generator).cpu()

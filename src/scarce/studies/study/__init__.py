@@ -3,19 +3,20 @@
 "I have U unique tokens of this corpus and C FLOPs: what should I train, and what is each trick worth on my
 data?" The study answers with its own small runs, in four steps:
 
-1. **Design** (`design_study`): a grid of small models × nested unique-token budgets × epochs × weight
+1. **Design** (`design.py`): a grid of small models × nested unique-token budgets × epochs × weight
    decays, plus the interventions measured at the smallest size, sized so the predicted wall time fits the
    budget on this machine (throughput calibrated by timing a few training steps here).
-2. **Runs** (`run_study`): all of them as one resumable study in `DIR/runs` through an executor; the
+2. **Runs** (`running.py`): all of them as one resumable study in `DIR/runs` through an executor; the
    design is kept in `DIR/design.json`, so re-running the command continues and never repeats a run.
-3. **Estimates** (`estimate`): each intervention's loss change at matched compute, its effective-data
+3. **Estimates** (`estimates.py`): each intervention's loss change at matched compute, its effective-data
    multiplier with a bootstrap interval, and an honesty verdict against the seed-to-seed spread.
-4. **Fits and extrapolation** (`extrapolate`): data-constrained laws fitted to the runs, the form picked
-   by held-out error, then the best (N, epochs, recipe) at the user's U and C, its loss, the asymptote as
-   compute → ∞, and the data efficiency of the best recipe against the standard one.
+4. **Fits and extrapolation** (`extrapolation.py`): data-constrained laws fitted to the runs, the form
+   picked by held-out error, then the best (N, epochs, recipe) at the user's U and C, its loss, the
+   asymptote as compute → ∞, and the data efficiency of the best recipe against the standard one.
 
-Interventions are data (`Intervention`): a name, config overrides, how the effect is measured and what
-it is compared with. See docs/study.md.
+Interventions are data (`interventions.py`): a name, config overrides, how the effect is measured and
+what it is compared with. `report.py` renders results.json as report.md/html; `cli.py` is the command.
+See docs/study.md.
 """
 
 from __future__ import annotations
