@@ -179,3 +179,19 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path, args, message):
     result = runner.invoke(app, ["study", *args, "--out", str(out), *RECIPE])
     assert isinstance(result.exception, ScarceError) and message in str(result.exception)
     assert not out.exists()
+
+
+def test_the_recommendation_says_why_a_distinguishable_gain_lost_to_the_standard_recipe():
+    from scarce.studies.study.report import recommendation
+
+    estimate = {"value": 1.0, "interval": [0.5, 2.0]}
+    best = {"recipe": "standard", "params": estimate, "epochs": estimate, "tokens": estimate, "loss": estimate,
+            "asymptote": estimate, "data_efficiency": None, "weight_decay": 0.1, "nearest_size": "micro",
+            "params_factor": 1.0}
+    results = {"inputs": {"unique_tokens": 1000, "corpus": "kjv", "flops": 1e15}, "extrapolation": {"best": best},
+               "effects": [{"name": "ensemble", "verdict": "gain"}], "scale": None, "failed": []}
+    text = " ".join(block[1] for block in recommendation(results))
+    assert "no intervention was a distinguishable gain" not in text
+    assert "the distinguishable gains (ensemble) are predicted through the tuned recipe's law" in text
+    results["effects"] = [{"name": "mir", "verdict": S.NOT_DISTINGUISHABLE}]
+    assert "no intervention was a distinguishable gain" in " ".join(block[1] for block in recommendation(results))

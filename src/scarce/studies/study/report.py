@@ -251,7 +251,12 @@ def recommendation(results: dict) -> list[tuple]:
         eff = best["data_efficiency"]
         text = (f"As compute → ∞ on these {inputs['unique_tokens']:,} tokens the {best['recipe']} recipe approaches "
                 f"{_est(best['asymptote'], _num)} nats/token")
-        if best["recipe"] == "standard":
+        gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
+        if best["recipe"] == "standard" and gains:
+            text += (f"; the distinguishable gains ({', '.join(gains)}) are predicted through the tuned recipe's law, "
+                     f"which at this C predicts a higher loss than the standard recipe's own law, so the best recipe "
+                     f"is the standard one (1× its data): the two laws disagree, see 'Fitted laws'.")
+        elif best["recipe"] == "standard":
             text += "; no intervention was a distinguishable gain, so the best recipe is the standard one (1× its data)."
         elif eff:
             text += (f"; the standard recipe would need {_est(eff)}× these unique tokens to reach that (data "
