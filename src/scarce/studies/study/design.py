@@ -29,7 +29,9 @@ BASE_RECIPE = {
     "train": {"batch_size": 16, "eval_every": 0, "checkpoint_every": 500, "keep_checkpoints": 1},
 }
 RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, final evaluation and checkpoint
-ANALYSIS_FRACTION = 0.25  # of the budget kept for ensemble scoring, sampling, fits and the report
+# Of the budget kept for fitting and the report (scoring, sampling and students are predicted stages):
+# the one-hour studies of docs/studies spent 2.0 and 3.4 minutes there.
+ANALYSIS_FRACTION = 0.1
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
 SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
 # Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
@@ -150,30 +152,23 @@ class Design:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 3,
-              measured: int = 2) -> dict[str, float]:
-    """Training seconds per token, timed here over a few optimizer steps with the runs' thread count, for
-    the first `measured` sizes; larger ones scaled from the last measured by FLOPs per token
-    (conservative: larger models use a CPU better, so they run faster than this predicts)."""
+def calibrate(base: RunConfig, sizes: Sequence[str], threads: int | None = None, steps: int = 3) -> dict[str, float]:
+    """Training seconds per token of each size, timed here over a few optimizer steps with the runs' thread
+    count. (Scaling larger sizes from a smaller one by FLOPs per token overpredicted the small size's
+    runs by 1.7× on a CPU, where larger matmuls run closer to peak; timing it costs about a second.)"""
     import torch
 
     from scarce.model import model_shape
 
     device = torch.device("cuda" if base.train.device != "cpu" and torch.cuda.is_available() else "cpu")
-    shapes = {s: model_shape(s, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len) for s in sizes}
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads or 1)
-    seconds: dict[str, float] = {}
     try:
-        for size in sizes[:measured]:
-            seconds[size] = _time_steps(shapes[size], base, device, steps)
+        return {size: _time_steps(model_shape(size, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len),
+                                  base, device, steps) for size in sizes}
     finally:
         torch.set_num_threads(threads_before)
-    last = sizes[min(measured, len(sizes)) - 1]
-    for size in sizes[measured:]:
-        seconds[size] = seconds[last] * shapes[size].train_flops_per_token() / shapes[last].train_flops_per_token()
-    return seconds
 
 
 def _time_steps(shape, base: RunConfig, device, steps: int) -> float:
