@@ -23,7 +23,6 @@ from scarce.errors import ScarceError
 # MIR's execution when objective.mir_execution = "auto": the cheaper one per step, as measured by
 # benchmarks/bench_mir.py (benchmarks/results/mir.json). CUDA has not been measured; one pass over the
 # doubled batch keeps a GPU busier, at twice the activation memory of a pass.
-# What benchmarks/bench_mir.py measured cheaper (docs/training.md); CUDA unmeasured: one pass, larger matmuls
 MIR_EXECUTION_BY_DEVICE = {"cpu": "two_pass", "cuda": "concatenated"}
 
 
