@@ -83,6 +83,8 @@ def _effect(delta, spread, interval):
     (-0.05, None, [1.2, 1.5], S.NOT_DISTINGUISHABLE),  # spread unknown
     (-0.05, 0.01, [1.2, 1.5], "gain"),
     (0.05, 0.01, [0.5, 0.8], "loss"),
+    (0.5, 0.01, [0.3, 1.4], "loss"),  # a harm beyond the spread is a loss even when k's interval includes 1×
+    (0.005, 0.01, [0.5, 0.8], S.NOT_DISTINGUISHABLE),  # a harm within the spread is not
 ])
 def test_honesty_guard(delta, spread, interval, verdict):
     effect = _effect(delta, spread, interval)

@@ -194,9 +194,11 @@ def estimate_multiplier(effect: Effect, rows: Sequence[Row], law_template, boots
 
 
 def judge(effect: Effect) -> None:
-    """The honesty guard: an effect is a gain (or a loss) only when its multiplier's interval excludes 1
-    and its loss change at the same setting exceeds the seed-to-seed spread; otherwise it is not
-    distinguishable from zero at this scale, and the reason says which test it failed."""
+    """The honesty guard: an effect is a gain only when its loss change at the same setting exceeds the
+    seed-to-seed spread and its multiplier's interval excludes 1; otherwise it is not distinguishable from
+    zero at this scale, and the reason says which test it failed. A loss change beyond the spread in the
+    harmful direction is a loss whatever the multiplier (a law fitted with k can miss a harm the runs
+    show plainly; calling it a loss never overclaims a gain)."""
     if effect.status != "measured":
         effect.verdict, effect.verdict_reason = effect.status, effect.reason or ""
         return
@@ -209,6 +211,11 @@ def judge(effect: Effect) -> None:
     elif abs(delta) <= effect.spread:
         effect.verdict_reason = (f"its loss change {delta:+.4f} is within the seed-to-seed spread "
                                  f"{effect.spread:.4f}")
+    elif delta > 0:
+        effect.verdict = "loss"
+        effect.verdict_reason = f"loss change {delta:+.4f} beyond the seed-to-seed spread {effect.spread:.4f}"
+        if k is not None and k.get("interval") and None not in k["interval"]:
+            effect.verdict_reason += f"; multiplier interval [{k['interval'][0]:.3g}, {k['interval'][1]:.3g}]"
     elif k is None:
         effect.verdict_reason = f"no effective-data multiplier could be fitted ({effect.multiplier_reason})"
     elif k["interval"] is None or None in k["interval"]:

@@ -276,8 +276,11 @@ def recommendation(results: dict) -> list[tuple]:
         blocks.append(("p", f"{len(results['failed'])} of the study's runs failed or diverged (listed under 'What this "
                             f"study could not conclude'); re-run the command to retry them.", True))
     gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
-    if gains:
-        blocks.append(("p", f"Distinguishable gains at this scale: {', '.join(gains)}."))
+    losses = [e["name"] for e in results["effects"] if e["verdict"] == "loss"]
+    if gains or losses:
+        found = [f"{what} at this scale: {', '.join(names)}" for what, names in
+                 (("Distinguishable gains", gains), ("Distinguishable losses (the intervention hurt)", losses)) if names]
+        blocks.append(("p", ". ".join(found) + "."))
     else:
         blocks.append(("p", "No intervention's effect was distinguishable from zero at this scale"
                             + (f"; the recommendation uses the standard recipe (weight decay {STANDARD_WEIGHT_DECAY}, "
@@ -361,7 +364,7 @@ def limits(results: dict) -> list[str]:
             items.append(f"{e['name']}: not measured — {e['reason']}.")
         elif e["status"] == "failed":
             items.append(f"{e['name']}: no result — {e['reason']}.")
-        elif e["verdict"] != "gain":
+        elif e["verdict"] not in ("gain", "loss"):
             items.append(f"{e['name']}: {e['verdict']} ({e['verdict_reason']}).")
     for what, problem in results["extrapolation"]["problems"].items():
         items.append(f"the {what} recipe's law: not fitted — {problem}" if what in ("standard", "tuned") else problem)
