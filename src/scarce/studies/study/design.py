@@ -30,7 +30,7 @@ BASE_RECIPE = {
 }
 RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, final evaluation and checkpoint
 # Of the budget kept for fitting and the report (scoring, sampling and students are predicted stages):
-# the one-hour studies of docs/studies spent 2.0 and 3.4 minutes there.
+# the one-hour studies of docs/studies spent 2.0 and 3.6 minutes there.
 ANALYSIS_FRACTION = 0.1
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
 SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
