@@ -228,6 +228,8 @@ def plot_multipliers(results: dict, path: Path) -> tuple[Path, list[str]] | None
 def recommendation(results: dict) -> list[tuple]:
     inputs = results["inputs"]
     best = results["extrapolation"].get("best")
+    gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
+    losses = [e["name"] for e in results["effects"] if e["verdict"] == "loss"]
     blocks = []
     if best is None:
         problems = results["extrapolation"]["problems"]
@@ -251,7 +253,6 @@ def recommendation(results: dict) -> list[tuple]:
         eff = best["data_efficiency"]
         text = (f"As compute → ∞ on these {inputs['unique_tokens']:,} tokens the {best['recipe']} recipe approaches "
                 f"{_est(best['asymptote'], _num)} nats/token")
-        gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
         if best["recipe"] == "standard" and gains:
             text += (f"; the distinguishable gains ({', '.join(gains)}) are predicted through the tuned recipe's law, "
                      f"which at this C predicts a higher loss than the standard recipe's own law, so the best recipe "
@@ -275,8 +276,6 @@ def recommendation(results: dict) -> list[tuple]:
     if results["failed"]:
         blocks.append(("p", f"{len(results['failed'])} of the study's runs failed or diverged (listed under 'What this "
                             f"study could not conclude'); re-run the command to retry them.", True))
-    gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
-    losses = [e["name"] for e in results["effects"] if e["verdict"] == "loss"]
     if gains or losses:
         found = [f"{what} at this scale: {', '.join(names)}" for what, names in
                  (("Distinguishable gains", gains), ("Distinguishable losses (the intervention hurt)", losses)) if names]
