@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from scarce.atomic import write_json_atomic
-from scarce.data.procedural.registry import TASKS, get_task
-from scarce.data.procedural.source import ProceduralSource
+from scarce.procedural.registry import TASKS, get_task
+from scarce.data.procedural import ProceduralSource
 
 from machine import cpu_model
 

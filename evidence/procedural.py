@@ -33,7 +33,7 @@ from rich.console import Console
 from scarce import runs
 from scarce.atomic import write_json_atomic
 from scarce.config import resolve_config
-from scarce.evals.diagnose import data_fractions, diagnostic_config, record_diagnostic
+from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic
 from scarce.executors import make_executor
 from scarce.studies.sweep import Study
 

@@ -1,11 +1,14 @@
 """A batch source that exists only for tests: windows at random offsets of the budget, with a random loss
-mask, rebuilt from (data seed, step) alone. It registers itself as data.source = "test-shifted", so the
-trainer's exact-resume test covers a second source (and a loss mask) besides the epoch loader."""
+mask, rebuilt from (data seed, step) alone. Importing it adds data.source = "test-shifted" to the source table
+and to the names a config accepts (as a new source is added to scarce), so the trainer's exact-resume test
+covers a second source (and a loss mask) besides the epoch loader."""
 
 import numpy as np
 import torch
 
-from scarce.data.sources import Batch, register_source
+import scarce.config
+import scarce.data.sources
+from scarce.data.batch import Batch
 from scarce.errors import ScarceError
 
 
@@ -44,8 +47,11 @@ class ShiftedWindows:
         self.step = state["step"]
 
 
-@register_source("test-shifted")
 def shifted_source(config, store, rank=0, world_size=1):
     tokens = store.budget(config.data.unique_tokens or store.train_token_count)
     steps = config.train.epochs * len(tokens) // (config.model.seq_len * config.train.batch_size)
     return ShiftedWindows(tokens, config.model.seq_len, config.train.batch_size, steps, config.train.data_seed, rank, world_size)
+
+
+scarce.data.sources.SOURCES["test-shifted"] = shifted_source
+scarce.config.SOURCE_NAMES = (*scarce.config.SOURCE_NAMES, "test-shifted")

@@ -10,7 +10,7 @@ from scarce import runs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.train.checkpoint import checkpoint_dirs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.train.init import branch_config
 from scarce.train.trainer import train
 

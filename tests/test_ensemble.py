@@ -142,7 +142,7 @@ def test_failed_members_are_a_clear_error_naming_them(tmp_path):
 
 
 def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):
-    from scarce.evals.ensemble import fit_ensemble_law, plot_ensemble
+    from scarce.evals.ensemble_law import fit_ensemble_law, plot_ensemble
 
     points = [{"k": k, "loss": 3.34 + 0.25 / k**1.02} for k in (1, 2, 3, 4, 5)]
     law = fit_ensemble_law(points)
@@ -153,7 +153,7 @@ def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):
 
 def test_vmap_batched_members_train_to_the_weights_of_separate_runs(tmp_path):
     from scarce.train.batched import train_batched
-    from scarce.train.checkpoint import load_latest_checkpoint
+    from scarce.checkpoint import load_latest_checkpoint
     from scarce.train.trainer import train
 
     base = resolve_config({"name": "b", "runs_dir": str(tmp_path / "batched")}, TINY)
@@ -162,8 +162,10 @@ def test_vmap_batched_members_train_to_the_weights_of_separate_runs(tmp_path):
     for a, b in zip(batched, separate):
         wa, wb = load_latest_checkpoint(a / "checkpoints")[1], load_latest_checkpoint(b / "checkpoints")[1]
         for name in wa:
+            # vmap sums in another order; Adam's 1/sqrt(v) amplifies those ulps (1.6e-4 on the embeddings on
+            # some CPUs): far below what a wrong member (another seed, a lost step) would give (~1e-1)
             error = (wa[name] - wb[name]).norm() / wb[name].norm()
-            assert error < 1e-4, (name, error.item())
+            assert error < 5e-4, (name, error.item())
         assert runs.read_summary(a)["final_val_loss"] == pytest.approx(runs.read_summary(b)["final_val_loss"], rel=1e-4)
     assert not torch.equal(load_latest_checkpoint(batched[0] / "checkpoints")[1]["head.weight"],
                            load_latest_checkpoint(batched[1] / "checkpoints")[1]["head.weight"])

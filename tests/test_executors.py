@@ -10,8 +10,8 @@ from scarce import runs
 from scarce.config import resolve_config
 from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
-from scarce.executors import (KEY_EXCLUDED, Job, LocalExecutor, RayExecutor, SubmititExecutor, make_executor,
-                              run_key, runs_by_key)
+from scarce.executors import Job, LocalExecutor, RayExecutor, SubmititExecutor, make_executor
+from scarce.runs import KEY_EXCLUDED, run_key, runs_by_key
 from scarce.studies.sweep import run_sweep
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=4096",

@@ -9,7 +9,7 @@ from scarce import runs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
 from scarce.model import weight_group
-from scarce.train.checkpoint import checkpoint_dirs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.train.trainer import train
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",

@@ -159,7 +159,7 @@ def test_registry_and_round_trip():
 
 
 def test_importing_laws_does_not_import_torch():
-    code = "import sys, scarce.laws, scarce.laws.cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, scarce.laws, scarce.commands.laws; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

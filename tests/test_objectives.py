@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import scarce.train.trainer as trainer
 from scarce.config import ObjectiveConfig, resolve_config
-from scarce.data.sources import Batch
+from scarce.data.batch import Batch
 from scarce.errors import ScarceError
 from scarce.model import Transformer, model_shape
 from scarce.train.objectives import MaskedInput, NextToken

@@ -15,10 +15,10 @@ from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.data.sources import build_source, prepare_run_data
 from scarce.errors import ScarceError
-from scarce.evals.diagnose import data_fractions, diagnostic_config, record_diagnostic, tokens_to_loss
+from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic, tokens_to_loss
 from scarce.executors import Job, execute
 from scarce.model import weight_group
-from scarce.train.checkpoint import checkpoint_dirs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.train.warmup import find_warmup, warmup_config
 
 MICRO = [
@@ -66,7 +66,7 @@ def test_a_warmup_stage_runs_first_is_linked_and_is_reused(tmp_path):
 
 def test_the_transferred_groups_start_as_the_warmups_and_the_rest_fresh(tmp_path):
     cfg = config(tmp_path, *DYCK, 'procedural.transfer=["attention", "norms"]', "procedural.embedding_init=mean")
-    trainer.run_stages_before(cfg, progress=False)
+    trainer.run_stages_before(cfg, trainer.train, trainer.resume, progress=False)
     warm = weights(find_warmup(cfg))
     run = trainer._set_up(cfg, None)  # the run built, before any step
     fresh = trainer._set_up(config(tmp_path, name="scratch"), None).model.state_dict()

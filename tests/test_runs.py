@@ -13,9 +13,8 @@ import pytest
 from rich.console import Console
 
 from scarce.errors import ScarceError
+from scarce.commands.runs import DEFAULT_TABLE_COLUMNS, HIDE_FIRST, runs_table
 from scarce.runs import (
-    DEFAULT_TABLE_COLUMNS,
-    HIDE_FIRST,
     RunIndex,
     append_metrics,
     create_run_dir,
@@ -25,7 +24,6 @@ from scarce.runs import (
     read_config,
     read_metrics,
     read_summary,
-    runs_table,
     write_metrics,
     write_summary,
 )
@@ -312,6 +310,7 @@ def test_runs_command_in_a_pipe_prints_one_line_per_run(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from scarce import cli
+    from scarce.commands import runs as runs_command
 
     rows = _sweep(tmp_path)
     monkeypatch.delenv("COLUMNS", raising=False)
@@ -320,7 +319,7 @@ def test_runs_command_in_a_pipe_prints_one_line_per_run(tmp_path, monkeypatch):
         raise OSError("not a terminal")
 
     monkeypatch.setattr("os.get_terminal_size", no_terminal)  # stdin, stdout and stderr all piped
-    monkeypatch.setattr(cli, "console", Console())
+    monkeypatch.setattr(runs_command, "console", Console())
     result = CliRunner().invoke(cli.app, ["runs", str(tmp_path)])
     assert result.exit_code == 0, result.output
     _check_one_line_per_run(result.output.rstrip("\n").split("\n"), rows, 80)

@@ -18,7 +18,7 @@ from scarce.laws import SpecializationAdditive, SpecializationTransfer
 from scarce.laws.specialization import fit_domains, fitted_laws, plan_specialization
 from scarce.studies.specialize import Grid, Point, run_study, specialist_configs
 from scarce.train import trainer
-from scarce.train.checkpoint import checkpoint_dirs
+from scarce.checkpoint import checkpoint_dirs
 
 GRID = dict(sizes=["micro"], general_tokens=[1280, 2560], domain_tokens=[256], domains=["code"])
 

@@ -13,6 +13,7 @@ from scarce.cli import app
 from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
 from scarce.executors import make_executor
+from scarce.runs_jsonl import read_runs_jsonl
 from scarce.laws import DataConstrained
 from scarce.config import RunConfig
 from scarce.studies import study as S
@@ -128,6 +129,11 @@ def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
         assert row["loss"] == loss and f"{loss:.4f}" in md  # the report's numbers are the runs' numbers
     first = md.splitlines()[2]
     assert first.startswith("**No recommendation") or first.startswith("**Recommendation")
+    # the committable record: every run once, with the numbers of its directory and no machine path
+    rows = read_runs_jsonl(out / "runs.jsonl")
+    assert sorted(r["run_id"] for r in rows) == sorted(d.name for d in run_dirs)
+    assert all(r["final_val_loss"] == runs.read_summary(out / "runs" / r["run_id"])["final_val_loss"] for r in rows)
+    assert str(out) not in (out / "runs.jsonl").read_text() and str(out) not in md
     assert "data:image/png;base64," in page and "src='http" not in page and "figures/" not in page
     assert "not distinguishable from zero at this scale" in md
     effects = {e["name"]: e for e in results["effects"]}

@@ -18,7 +18,8 @@ from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
-from scarce.executors import SerialExecutor, runs_by_key
+from scarce.executors import SerialExecutor
+from scarce.runs import runs_by_key
 from scarce.studies.sweep import SWEEPS_DIR, Study, grid_points, parse_grid, point_config, run_sweep
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=4096",

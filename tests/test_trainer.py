@@ -17,7 +17,7 @@ import scarce.train.trainer as trainer
 from scarce import runs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.train.checkpoint import checkpoint_dirs, read_checkpoint
+from scarce.checkpoint import checkpoint_dirs, read_checkpoint
 from scarce.train.trainer import resume, train
 
 # 12,288 unique tokens in 32-token sequences: 383 sequences, 48 steps an epoch at batch 8
@@ -228,7 +228,7 @@ def test_a_run_that_crashes_is_marked_failed_not_left_running(tmp_path, monkeypa
     def broken_evaluate(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(trainer, "evaluate", broken_evaluate)
+    monkeypatch.setattr(trainer, "score", broken_evaluate)
     with pytest.raises(RuntimeError, match="disk on fire"):
         train(config(tmp_path, "train.eval_every=8"), progress=False)
     (run_dir,) = (tmp_path / "runs").glob("run-*")

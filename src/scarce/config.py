@@ -10,7 +10,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scarce.errors import ScarceError
+from scarce.errors import ScarceError, format_validation_error
+from scarce.procedural.registry import TASKS, get_task
+from scarce.shapes import SIZES
+
+# The batch sources `data.source` may name: the keys of scarce.data.sources.SOURCES (a test holds them equal;
+# the schema cannot import the data layer above it).
+SOURCE_NAMES = ("epochs", "procedural")
+
+
+def one_of(what: str, value: str, names) -> str:
+    """Every plugin name (size, batch source, procedural task) is checked when a config is parsed, this way."""
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
+    return value
 
 
 class Section(BaseModel):
@@ -44,6 +57,11 @@ class DataConfig(Section):
         if isinstance(domains, dict):  # `kjv = 1.0` is `kjv = {weight = 1.0}`
             return {k: {"weight": v} if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in domains.items()}
         return domains
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        return one_of("batch source", source, SOURCE_NAMES)
 
     @model_validator(mode="after")
     def _domains(self):
@@ -82,11 +100,7 @@ class ModelConfig(Section):
     @field_validator("size")
     @classmethod
     def _known_size(cls, size: str) -> str:
-        from scarce.model import SIZES  # here, so reading a config does not import torch
-
-        if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-        return size
+        return one_of("size", size, SIZES)
 
 
 class OptimConfig(Section):
@@ -145,6 +159,11 @@ class ObjectiveConfig(Section):
     # "two_pass": two forward/backward passes per step (the reference code); "concatenated": one pass over
     # the clean and masked copies stacked along the batch; "auto": the one measured cheaper (docs/objectives.md)
     mir_execution: Literal["auto", "two_pass", "concatenated"] = "auto"
+
+    @property
+    def extra_input_tokens(self) -> int:
+        """Input-only tokens the objective adds to the model's embedding: MIR's mask token, never predicted."""
+        return 1 if self.kind == "mir" else 0
 
     @model_validator(mode="after")
     def _ratio_range(self):
@@ -239,18 +258,12 @@ class ProceduralConfig(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, task):
-        from scarce.data.procedural.registry import TASKS  # here, so reading a config needs no generators
-
-        if task is not None and task not in TASKS:
-            raise ValueError(f"unknown procedural task {task!r}; choose one of {', '.join(TASKS)}")
-        return task
+        return task if task is None else one_of("procedural task", task, TASKS)
 
     @field_validator("params")
     @classmethod
     def _task_params(cls, params, info):
         """The task's full parameters, validated and with their defaults, so equal stages key equally."""
-        from scarce.data.procedural.registry import get_task
-
         if "task" not in info.data:  # the task itself was refused; that error says why
             return params
         task = info.data["task"]
@@ -290,10 +303,50 @@ class RunConfig(Section):
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by train.grad_accum={self.train.grad_accum}"
             )
-        from scarce.train.warmup import check_procedural  # the rules live beside the stage they describe
-
         check_procedural(self)
         return self
+
+
+def check_procedural(config: RunConfig) -> None:
+    """The rules tying the [procedural] section to the rest of a config; a ValueError naming the keys."""
+    p = config.procedural
+    if config.data.source == "procedural":
+        if p.task is None:
+            raise ValueError("data.source='procedural' trains on procedural.task's stream: name a task (scarce procedural list)")
+        if config.train.tokens is None:
+            raise ValueError("data.source='procedural' has no epochs: set train.tokens (the run's length)")
+        staged = [k for k in ("tokens", "steps", "fraction", "batch_size") if getattr(p, k) is not None]
+        if staged or p.mode != "warmup":
+            raise ValueError(f"procedural.{(staged or ['mode'])[0]} describes procedural data added to a natural run; "
+                             "with data.source='procedural' the run is the stream itself (its length is train.tokens)")
+        return
+    if p.task is None:
+        given = [k for k in ("tokens", "steps", "batch_size", "fraction") if getattr(p, k) is not None]
+        if given:
+            raise ValueError(f"procedural.{given[0]} is set but procedural.task is not: name a task or drop it")
+        return
+    defaults = ProceduralConfig()
+    if p.mode == "warmup":
+        if (p.tokens is None) == (p.steps is None):
+            raise ValueError("procedural.mode='warmup' needs the stage's length: set one of procedural.tokens, procedural.steps")
+        if p.fraction is not None:
+            raise ValueError("procedural.fraction is mode='mix''s front-loaded share; a warm-up's length is procedural.tokens or .steps")
+        if config.init.from_run is not None:
+            raise ValueError("a run with a procedural warm-up starts from the warm-up: leave init.from_run unset "
+                             "(procedural.transfer names the groups copied)")
+        batch = p.batch_size or config.train.batch_size
+        if batch % config.train.grad_accum:
+            raise ValueError(f"procedural.batch_size={batch} must be divisible by train.grad_accum={config.train.grad_accum}")
+        return
+    if p.fraction is None:
+        raise ValueError("procedural.mode='mix' needs procedural.fraction: the share of training tokens front-loaded, in [0, 1)")
+    warmup_only = [k for k in ("tokens", "steps", "batch_size") if getattr(p, k) is not None]
+    warmup_only += [k for k in ("transfer", "embedding_init", "optim") if getattr(p, k) != getattr(defaults, k)]
+    if warmup_only:
+        raise ValueError(f"procedural.{warmup_only[0]} belongs to a warm-up stage; in mode='mix' the procedural batches "
+                         "are the run's own (its optimizer and batch size), procedural.fraction of its tokens")
+    if config.data.domains is not None:
+        raise ValueError("procedural.mode='mix' front-loads into a single corpus's stream; with data.domains use mode='warmup'")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -322,15 +375,6 @@ def resolve_config(base: dict, overrides: list[str] = ()) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ScarceError("invalid config:\n" + format_validation_error(e)) from None
-
-
-def format_validation_error(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        given = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
-        lines.append(f"  {key}: {err['msg']}{given}")
-    return "\n".join(lines)
 
 
 def load_config(path: Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -10,16 +10,13 @@ reads the results back from the run store. An executor decides only *where* runs
 result with status "failed" and its error, never an exception that stops the others. At most `workers`
 runs are in flight at a time; `on_start(i, job)` and `on_done(i, result)` report progress as it happens.
 
-A run is identified by its resolved config: `run_key(config)` is a stable hash of the config JSON
-without the keys that change no result (KEY_EXCLUDED: name, runs_dir, logging and checkpoint cadence), and
-`runs_by_key(runs_dir)` finds the run directories holding each key. Studies use them to never repeat a
+A run is identified by its resolved config (scarce.runs.run_key); studies use it to never repeat a
 finished run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import multiprocessing
@@ -38,16 +35,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from scarce import runs
+from scarce.runs import run_key, run_status, runs_by_key
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
 
-# Config keys that change no result: what a run is called, where it lives, how often it logs and saves.
-# (Resume is exact, so checkpointing more often changes nothing; eval_every is kept: it moves best_val_loss.)
-KEY_EXCLUDED = ("name", "runs_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
-FINAL_STATUSES = ("completed", "diverged")  # a run that ended like this is a result; it is never re-run
-
-
-# ---------------------------------------------------------------- jobs, results, run identity
+# ---------------------------------------------------------------- jobs and results
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one job, one run
@@ -65,55 +57,6 @@ class RunResult:
     run_dir: Path | None  # None when the run failed before it had a directory
     status: str  # completed, diverged or failed (as in the run's summary.json)
     error: str | None = None
-
-
-def run_key(config: RunConfig | dict) -> str:
-    """A stable 16-hex-digit hash of the resolved config, without the keys in KEY_EXCLUDED (`study` is in it).
-
-    A dict (a saved config.json) is validated first, so keys added to the config since it was saved
-    take their defaults and the key stays the same.
-    """
-    if isinstance(config, dict):
-        config = RunConfig.model_validate(config)
-    data = config.model_dump(mode="json")
-    for key in KEY_EXCLUDED:
-        *sections, leaf = key.split(".")
-        node = data
-        for section in sections:
-            node = node.get(section, {})
-        node.pop(leaf, None)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def runs_by_key(runs_dir: Path, study: str | None = None) -> dict[str, list[Path]]:
-    """Run directories under runs_dir (those with a config.json), grouped by run_key; only the runs of
-    `study` when given. A directory whose config no longer validates is skipped."""
-    found: dict[str, list[Path]] = {}
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return found
-    for path in sorted(runs_dir.iterdir()):
-        if path.name.startswith(".") or not (path / runs.CONFIG_FILE).is_file():
-            continue
-        try:
-            saved = runs.read_config(path)
-            if study is not None and saved.get("study") != study:
-                continue
-            found.setdefault(run_key(saved), []).append(path)
-        except (ScarceError, ValidationError):
-            continue
-    return found
-
-
-def run_status(run_dir: Path | None) -> str | None:
-    """The status in a run's summary.json, or None when it has none (yet)."""
-    if run_dir is None or not (Path(run_dir) / runs.SUMMARY_FILE).is_file():
-        return None
-    try:
-        return runs.read_summary(run_dir).get("status")
-    except ScarceError:
-        return None
 
 
 def execute(job: Job, threads: int | None = None) -> RunResult:
@@ -527,7 +470,7 @@ def make_executor(name: str, workers: int | None = None, threads: int | None = N
 
 
 __all__ = [
-    "EXECUTORS", "FINAL_STATUSES", "KEY_EXCLUDED", "Executor", "Job", "LocalExecutor", "RayExecutor", "RunResult",
+    "EXECUTORS", "Executor", "Job", "LocalExecutor", "RayExecutor", "RunResult",
     "SerialExecutor", "SubmititExecutor",
-    "execute", "make_executor", "run_key", "run_status", "runs_by_key", "usable_cpus", "visible_gpus",
+    "execute", "make_executor", "usable_cpus", "visible_gpus",
 ]

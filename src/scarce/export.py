@@ -226,7 +226,7 @@ def export_model(
 def export_run(run_dir: Path, out_dir: Path, verify: bool = True) -> Path:
     """Export a run's newest intact checkpoint (see `export_model`)."""
     from scarce.evals.run import load_run_model
-    from scarce.train.checkpoint import checkpoint_dirs
+    from scarce.checkpoint import checkpoint_dirs
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():

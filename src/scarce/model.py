@@ -5,84 +5,11 @@ embeddings, no biases, causal attention through scaled_dot_product_attention, dr
 output (the MIR recipe uses 0.1).
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scarce.errors import ScarceError
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    n_layers: int
-    d_model: int
-    n_heads: int
-    vocab_size: int = 8192
-    seq_len: int = 256
-    ffn_hidden: int | None = None  # None: 8/3 · d_model rounded up to a multiple of 32, as in Llama
-    qk_norm: bool = True
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    # input-only tokens after the vocabulary (MIR's mask token): embedding rows that are never predicted
-    extra_input_tokens: int = 0
-
-    @property
-    def hidden(self) -> int:
-        return self.ffn_hidden or 32 * -(-(8 * self.d_model // 3) // 32)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def embedding_params(self) -> int:
-        return (2 * self.vocab_size + self.extra_input_tokens) * self.d_model  # input embedding and output head, untied
-
-    def non_embedding_params(self) -> int:
-        attention = 4 * self.d_model * self.d_model
-        mlp = 3 * self.d_model * self.hidden
-        norms = 2 * self.d_model + (2 * self.head_dim if self.qk_norm else 0)
-        return self.n_layers * (attention + mlp + norms) + self.d_model  # + final norm
-
-    def total_params(self) -> int:
-        return self.embedding_params() + self.non_embedding_params()
-
-    def train_flops_per_token(self) -> int:
-        """Forward + backward FLOPs per token: 6 per matmul weight (head included) plus attention scores.
-
-        Causal attention scores and values cost 2·2·T·d per layer in the forward pass if the masked half
-        is counted, as PaLM's and nanoGPT's MFU conventions do; we do the same so MFU is comparable.
-        """
-        matmul_params = self.non_embedding_params() + self.vocab_size * self.d_model  # head, not lookup
-        attention = self.n_layers * 2 * 2 * self.seq_len * self.d_model
-        return 6 * matmul_params + 3 * attention
-
-
-# The ladder: micro for tests, CPU-friendly sizes, then the MIR paper's shapes (docs/methods.md §2), whose names
-# give total params with GPT-2's vocabulary. Head dim 64 from 256 wide up.
-SIZES: dict[str, dict] = {
-    "micro": dict(n_layers=2, d_model=64, n_heads=2),
-    "tiny": dict(n_layers=4, d_model=128, n_heads=4),
-    "small": dict(n_layers=4, d_model=256, n_heads=4),
-    "medium": dict(n_layers=6, d_model=384, n_heads=6),
-    "72m": dict(n_layers=6, d_model=512, n_heads=8),
-    "140m": dict(n_layers=9, d_model=768, n_heads=12),
-    "257m": dict(n_layers=12, d_model=1024, n_heads=16),
-    "664m": dict(n_layers=18, d_model=1536, n_heads=24),
-    "1p4b": dict(n_layers=24, d_model=2048, n_heads=32),
-}
-
-
-def model_shape(size: str, **overrides) -> ModelShape:
-    if size not in SIZES:
-        raise ScarceError(f"model.size: unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    shape = ModelShape(**{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
-    if shape.d_model % shape.n_heads or shape.head_dim % 2:
-        raise ScarceError(
-            f"model: d_model={shape.d_model} must split into n_heads={shape.n_heads} heads of even size"
-        )
-    return shape
+from scarce.shapes import SIZES, ModelShape, model_shape  # noqa: F401  (the ladder, re-exported: scarce.model is its documented home)
 
 
 def weight_group(name: str) -> str:

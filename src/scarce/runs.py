@@ -1,12 +1,14 @@
-"""Run directories and the SQLite index of all runs under a runs directory.
+"""Run directories, the SQLite index of all runs under a runs directory, filters, and run identity.
 
 A run is a directory `<runs_dir>/<run_id>/` holding `config.json` (the resolved config), `metrics.jsonl`
 (one JSON record per line), `summary.json` (written by the trainer) and `checkpoints/`. The run
 directories are the truth; `<runs_dir>/index.sqlite` is a cache of their summaries and configs that
-`reindex()` can always rebuild. This module must stay torch-free: the scaling-law code reads its tables.
+`reindex()` can always rebuild. This module must stay torch-free: the scaling-law code reads its tables. A run is identified by its
+resolved config: `run_key(config)`, and `runs_by_key(runs_dir)` finds the directories holding each key.
 """
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -23,12 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rich import box
-from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
+from pydantic import ValidationError
 
 from scarce.atomic import make_temp_dir, write_bytes_atomic
+from scarce.config import RunConfig
 from scarce.errors import ScarceError
 
 INDEX_FILE = "index.sqlite"
@@ -62,18 +62,6 @@ _INSERT = (
 )
 _BUSY_TIMEOUT_SECONDS = 30.0
 
-DEFAULT_TABLE_COLUMNS = (
-    "run_id", "study", "status", "model.size", "params", "unique_tokens", "epochs", "optim.weight_decay",
-    "best_val_loss", "final_val_loss", "wall_seconds",
-)
-# When the default columns are wider than the terminal, these are hidden first (run_id always stays):
-# what a loss-versus-(N, D, E, weight decay) comparison can best do without.
-HIDE_FIRST = (
-    "wall_seconds", "model.size", "best_val_loss", "status", "optim.weight_decay", "epochs",
-    "unique_tokens", "params", "study", "final_val_loss",
-)
-
-
 # ---------------------------------------------------------------- run directories
 
 
@@ -94,7 +82,7 @@ def new_run_id(name: str) -> str:
     return f"{safe_name}-{start:%Y%m%d-%H%M%S}.{_last_start_ms % 1000:03d}-{secrets.token_hex(2)}"
 
 
-def _start_order(row: dict) -> tuple[str, str, str]:
+def start_order(row: dict) -> tuple[str, str, str]:
     """Oldest first: by created_at, then by the start time in the run id (created_at has whole seconds),
     then by id. Imported runs with other ids or no created_at still get a fixed place."""
     run_id = str(row.get("run_id", ""))
@@ -210,19 +198,19 @@ def read_config(run_dir: Path) -> dict:
     return _read_json(Path(run_dir) / CONFIG_FILE)
 
 
-def _run_dirs(runs_dir: Path) -> Iterator[Path]:
+def run_dirs(runs_dir: Path) -> Iterator[Path]:
     """The run directories under runs_dir: not hidden (runs being created), with a summary.json."""
     for path in sorted(Path(runs_dir).iterdir()):
         if path.is_dir() and not path.name.startswith(".") and (path / SUMMARY_FILE).exists():
             yield path
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
+def flatten(config: dict, prefix: str = "") -> dict:
     """{"optim": {"lr": 0.003}} -> {"optim.lr": 0.003}; lists stay whole values."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -347,7 +335,7 @@ class RunIndex:
             conn.execute("DROP TABLE IF EXISTS runs")
             conn.execute(_CREATE_TABLE)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            for run_dir in _run_dirs(self.runs_dir):
+            for run_dir in run_dirs(self.runs_dir):
                 try:
                     conn.execute(_INSERT, self._row_values(run_dir))
                     count += 1
@@ -364,12 +352,12 @@ class RunIndex:
             stored = conn.execute("SELECT summary_json, config_json, path FROM runs").fetchall()
         rows = []
         for summary_json, config_json, path in stored:
-            row = _flatten(json.loads(config_json))
+            row = flatten(json.loads(config_json))
             # On a clash (a top-level config key such as "name") the summary's value wins.
             row.update(json.loads(summary_json))
             row["path"] = str(self.runs_dir / path)
             rows.append(row)
-        return filter_rows(sorted(rows, key=_start_order), where)
+        return filter_rows(sorted(rows, key=start_order), where)
 
 
 class _CorruptIndex(ScarceError):
@@ -399,7 +387,7 @@ _COMPARE = {
 }
 
 
-def _as_number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -412,7 +400,7 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """How a value reads in a filter or a CSV cell: JSON spelling for booleans, null and lists."""
     if value is None:
         return ""
@@ -430,7 +418,7 @@ def available_keys(rows: list[dict]) -> list[str]:
     return [*SUMMARY_KEYS, *rest, "path"]
 
 
-def _check_keys(keys: Iterable[str], rows: list[dict], what: str) -> None:
+def check_keys(keys: Iterable[str], rows: list[dict], what: str) -> None:
     if not rows:
         return  # nothing indexed yet, so no key can be called unknown (config keys come from runs)
     known = available_keys(rows)
@@ -451,13 +439,13 @@ def parse_filter(text: str) -> tuple[str, str, str]:
 
 
 def _matches(value: Any, op: str, wanted: str) -> bool:
-    a, b = _as_number(value), _as_number(wanted)
+    a, b = as_number(value), as_number(wanted)
     if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
         return _COMPARE[op](a, b)
     if op not in ("=", "!=") and value is None:
         return False  # a missing value is neither above nor below anything
     # Text compares as text, so ISO timestamps order correctly: created_at>=2026-01-01.
-    return _COMPARE[op](_as_text(value), wanted)
+    return _COMPARE[op](as_text(value), wanted)
 
 
 def filter_rows(rows: list[dict], where: Iterable[str] = ()) -> list[dict]:
@@ -469,7 +457,7 @@ def filter_rows(rows: list[dict], where: Iterable[str] = ()) -> list[dict]:
     if isinstance(where, str):
         where = [where]
     filters = [parse_filter(w) for w in where]
-    _check_keys((key for key, _, _ in filters), rows, "filter")
+    check_keys((key for key, _, _ in filters), rows, "filter")
     return [row for row in rows if all(_matches(row.get(k), op, v) for k, op, v in filters)]
 
 
@@ -486,7 +474,7 @@ def load_runs_table(runs_dir: Path, where: Iterable[str] = ()) -> list[dict]:
     runs_dir = Path(runs_dir)
     _require_runs_dir(runs_dir)
     index = RunIndex(runs_dir)
-    if not index.path.exists() and any(_run_dirs(runs_dir)):
+    if not index.path.exists() and any(run_dirs(runs_dir)):
         index.reindex()
     return index.rows(where)
 
@@ -498,103 +486,76 @@ def export_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -
         present = {k for row in rows for k in row}
         columns = [k for k in available_keys(rows) if k in present]
     else:
-        _check_keys(columns, rows, "column")
+        check_keys(columns, rows, "column")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_as_text(row.get(k)) for k in columns])
+        writer.writerow([as_text(row.get(k)) for k in columns])
     write_bytes_atomic(Path(path), buffer.getvalue().encode())
 
 
-def _format_cell(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return _as_text(value)
-    if key.endswith(("_loss", "_bpb")):
-        return f"{value:.4f}"
-    if key == "wall_seconds":
-        return f"{value:.1f}"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.4g}"
-    # Counts (params, tokens, flops): 3 significant digits with an SI suffix.
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return str(int(value))
 
 
-def _wrap_key(key: str, width: int) -> str:
-    """Break a long key after its dots and underscores ("optim.weight_decay" -> "optim.\nweight_decay")
-    so a header is no wider than its values, while still spelling the exact key to filter on."""
-    pieces = re.findall(r"[^._]+[._]?", key) or [key]
-    width = max(width, *(len(p) for p in pieces))
-    lines = [""]
-    for piece in pieces:
-        if lines[-1] and len(lines[-1]) + len(piece) > width:
-            lines.append("")
-        lines[-1] += piece
-    return "\n".join(lines)
+# ---------------------------------------------------------------- run identity
+
+# Config keys that change no result: what a run is called, where it lives, how often it logs and saves.
+# (Resume is exact, so checkpointing more often changes nothing; eval_every is kept: it moves best_val_loss.)
+KEY_EXCLUDED = ("name", "runs_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
+FINAL_STATUSES = ("completed", "diverged")  # a run that ended like this is a result; it is never re-run
 
 
-def _column_widths(rows: list[dict], columns: list[str]) -> list[tuple[str, str, int, bool]]:
-    """(key, header, width, numeric) per column: the width holds every value whole and the header's
-    longest line, the header broken at dots and underscores to come close to the values' width."""
-    specs = []
-    for column in columns:
-        widest = max((len(_format_cell(column, row.get(column))) for row in rows), default=1)
-        header = column if column == "run_id" else _wrap_key(column, widest)
-        width = max(widest, *(len(line) for line in header.split("\n")))
-        numeric = column != "run_id" and any(_as_number(row.get(column)) is not None for row in rows)
-        specs.append((column, header, width, numeric))
-    return specs
+def run_key(config: RunConfig | dict) -> str:
+    """A stable 16-hex-digit hash of the resolved config, without the keys in KEY_EXCLUDED (`study` is in it).
 
-
-def _build_table(rows: list[dict], columns: list[str]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False, header_style="bold")
-    for _, header, width, numeric in _column_widths(rows, columns):
-        # no_wrap + a width that holds the widest value: a cell is never folded or cut.
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=True, min_width=width)
-    for row in rows:
-        table.add_row(*(_format_cell(c, row.get(c)) for c in columns))
-    return table
-
-
-def _table_width(table: Table) -> int:
-    measuring = Console(width=100_000, file=io.StringIO())
-    return Measurement.get(measuring, measuring.options, table).maximum
-
-
-def runs_table(rows: list[dict], columns: list[str] | None = None, width: int | None = None) -> Table:
-    """A rich Table of rows for the terminal: one line per run, every value whole.
-
-    Default columns: the compact set people compare (DEFAULT_TABLE_COLUMNS), leaving out those no row has
-    a value for (so `study` shows once a run belongs to one). Given a `width` (the terminal's), columns
-    that do not fit are hidden, the defaults in HIDE_FIRST order and chosen columns from the right, and
-    the caption names them; run_id always stays.
+    A dict (a saved config.json) is validated first, so keys added to the config since it was saved
+    take their defaults and the key stays the same.
     """
-    if columns is None:
-        columns = [c for c in DEFAULT_TABLE_COLUMNS if any(row.get(c) is not None for row in rows)] or ["run_id"]
-        hide_order = [c for c in HIDE_FIRST if c in columns]
-    else:
-        _check_keys(columns, rows, "column")
-        hide_order = [c for c in reversed(columns) if c != "run_id"]
-    shown = list(columns)
-    table = _build_table(rows, shown)
-    hidden = []
-    while width is not None and hide_order and _table_width(table) > width:
-        hidden.append(hide_order.pop(0))
-        shown.remove(hidden[-1])
-        table = _build_table(rows, shown)
-    if hidden:
-        table.caption = f"not shown, to fit {width} columns: {', '.join(hidden)} (choose with --columns)"
-        table.caption_justify = "left"
-    return table
+    if isinstance(config, dict):
+        config = RunConfig.model_validate(config)
+    data = config.model_dump(mode="json")
+    for key in KEY_EXCLUDED:
+        *sections, leaf = key.split(".")
+        node = data
+        for section in sections:
+            node = node.get(section, {})
+        node.pop(leaf, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def runs_by_key(runs_dir: Path, study: str | None = None) -> dict[str, list[Path]]:
+    """Run directories under runs_dir (those with a config.json), grouped by run_key; only the runs of
+    `study` when given. A directory whose config no longer validates is skipped."""
+    found: dict[str, list[Path]] = {}
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return found
+    for path in sorted(runs_dir.iterdir()):
+        if path.name.startswith(".") or not (path / CONFIG_FILE).is_file():
+            continue
+        try:
+            saved = read_config(path)
+            if study is not None and saved.get("study") != study:
+                continue
+            found.setdefault(run_key(saved), []).append(path)
+        except (ScarceError, ValidationError):
+            continue
+    return found
+
+
+def run_status(run_dir: Path | None) -> str | None:
+    """The status in a run's summary.json, or None when it has none (yet)."""
+    if run_dir is None or not (Path(run_dir) / SUMMARY_FILE).is_file():
+        return None
+    try:
+        return read_summary(run_dir).get("status")
+    except ScarceError:
+        return None
 
 
 __all__ = [
-    "DEFAULT_TABLE_COLUMNS", "HIDE_FIRST", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics", "available_keys",
+    "FINAL_STATUSES", "KEY_EXCLUDED", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics", "available_keys",
     "create_run_dir", "export_csv", "filter_rows", "load_runs_table", "new_run_id", "parse_filter",
-    "read_config", "read_metrics", "read_summary", "runs_table", "write_metrics", "write_summary",
+    "read_config", "read_metrics", "read_summary", "run_key", "run_status", "runs_by_key", "write_metrics", "write_summary",
 ]

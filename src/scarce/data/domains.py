@@ -26,7 +26,7 @@ from rich.console import Console
 
 from scarce.config import DataConfig, RunConfig
 from scarce.data.corpora import corpus_fingerprint
-from scarce.data.sources import Batch, register_source
+from scarce.data.batch import Batch
 from scarce.data.store import (STORE_FORMAT_VERSION, EvalSample, TokenStore, build_into, fit_tokenizer, open_store,
                                prepare_store, split_corpus, tokenizing_progress, write_split)
 from scarce.data.tokenizer import Tokenizer
@@ -253,7 +253,7 @@ class DomainMixture:
         self.step = state["step"]
 
 
-@register_source("domains")
+
 def mixture_source(config: RunConfig, store: "DomainStore", rank: int = 0, world_size: int = 1) -> "DomainMixture":
     return build_mixture(config, store, config.train.tokens, rank, world_size)
 
@@ -266,19 +266,6 @@ def build_mixture(config: RunConfig, store: DomainStore, steps_tokens: int | Non
 
 
 # ---------------------------------------------------------------- evaluation and the summary
-
-
-def evaluate_domains(evaluate, model, samples: dict[str, EvalSample], weights: dict[str, float], *args) -> dict:
-    """`evaluate` (scarce.evals.perplexity) on each domain's own sample; `val_loss`/`val_bpb` are their means
-    weighted by the training mixture, `val_loss.NAME`/`val_bpb.NAME` each domain's."""
-    out = {"val_loss": 0.0, "val_bpb": 0.0, "val_tokens": 0}
-    for name, sample in samples.items():
-        result = evaluate(model, sample, *args)
-        out[f"val_loss.{name}"], out[f"val_bpb.{name}"] = result["val_loss"], result["val_bpb"]
-        out["val_loss"] += weights.get(name, 0.0) * result["val_loss"]
-        out["val_bpb"] += weights.get(name, 0.0) * result["val_bpb"]
-        out["val_tokens"] += result["val_tokens"]
-    return out
 
 
 def trained_domain(source: DomainMixture) -> str:

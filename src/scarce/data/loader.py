@@ -13,7 +13,7 @@ default batch source (scarce.data.sources): the trainer sees only Batches and th
 import numpy as np
 import torch
 
-from scarce.data.sources import Batch, register_source
+from scarce.data.batch import Batch
 from scarce.errors import ScarceError
 
 
@@ -98,7 +98,7 @@ class EpochLoader:
         self.step = state["step"]
 
 
-@register_source("epochs")
+
 def epoch_source(config, store, rank: int = 0, world_size: int = 1) -> EpochLoader:
     """E epochs (train.epochs) over the first D tokens (data.unique_tokens) of the store's training split."""
     tokens = store.budget(config.data.unique_tokens or store.train_token_count)

@@ -20,7 +20,7 @@ import numpy as np
 
 from scarce.atomic import write_bytes_atomic, write_json_atomic
 from scarce.data.loader import EpochLoader
-from scarce.data.sources import Batch
+from scarce.data.batch import Batch, BatchSource
 from scarce.data.store import TokenStore, token_dtype
 from scarce.errors import ScarceError
 
@@ -137,7 +137,9 @@ class MixtureSource:
         self.step = state["step"]
 
 
-def mixture_source(real: EpochLoader, config, store: TokenStore, rank: int = 0, world_size: int = 1) -> MixtureSource:
-    """The run's batch source under distill.kind = "sequence": its real loader mixed with distill.synthetic."""
+def mix_synthetic(real: EpochLoader, config, store: TokenStore, rank: int = 0, world_size: int = 1) -> BatchSource:
+    """distill.kind = "sequence": the run's real batches mixed with distill.synthetic's; otherwise `real` unchanged."""
+    if config.distill.kind != "sequence":
+        return real
     synthetic, _ = open_synthetic(config.distill.synthetic, store)
     return MixtureSource(real, synthetic, config.distill.weight, config.train.data_seed, rank, world_size)

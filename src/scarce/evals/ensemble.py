@@ -1,8 +1,7 @@
-"""Ensembles of runs: members averaged in logit space, scored on their shared validation sample.
+"""Ensembles of runs: members loaded, checked to share their data, scored on their shared validation sample.
 
-Combination (Kim et al. 2025, arXiv 2509.14786): the ensemble's next-token distribution is the softmax of
-the mean of the members' logits, a normalized geometric mean of their distributions. `combine="probs"`
-averages the distributions instead (the arithmetic mean), for comparison.
+Members are combined as scarce.evals.combine does (logit averaging, Kim et al. 2025); the K-law and its
+plot are scarce.evals.ensemble_law.
 
 `evaluate_ensemble(run_dirs)` scores every member, and for each k = 1..K the mean loss of k-member
 sub-ensembles, then fits the ensemble law L(K) = E + A / K^alpha when there are at least 3 points.
@@ -22,10 +21,12 @@ import torch.nn.functional as F
 from scarce.config import RunConfig
 from scarce.data.store import EvalSample, TokenStore
 from scarce.errors import ScarceError
-from scarce.evals.perplexity import IGNORE, _rows
+from scarce.evals.combine import COMBINES, combine_log_probs
+from scarce.evals.ensemble_law import fit_ensemble_law
+from scarce.evals.perplexity import IGNORE, window_rows
+from scarce.evals.run import load_run_model
 from scarce.model import Transformer
 
-COMBINES = ("logits", "probs")
 DEFAULT_MAX_SUBSETS = 16  # sub-ensembles scored per k (beyond that a seeded sample)
 SUBSET_SEED = 0
 # Member logits of one evaluation batch are held together: bound them (bytes) by shrinking the batch.
@@ -37,27 +38,6 @@ class Member:
     run_dir: Path
     config: RunConfig
     model: Transformer
-
-
-def combine_log_probs(logits: list[torch.Tensor], combine: str = "logits") -> torch.Tensor:
-    """Members' logits (each (..., vocab)) → the ensemble's next-token log-probabilities."""
-    if combine == "logits":
-        return F.log_softmax(torch.stack(logits).float().mean(dim=0), dim=-1)
-    if combine == "probs":
-        log_probs = F.log_softmax(torch.stack(logits).float(), dim=-1)
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
-    raise ScarceError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
-
-
-@torch.no_grad()
-def ensemble_log_probs(models: list[torch.nn.Module], tokens: torch.Tensor, combine: str = "logits") -> torch.Tensor:
-    """(B, T) tokens → (B, T, vocab) log-probabilities of the ensemble of `models` (all on tokens' device)."""
-    device = tokens.device
-    logits = []
-    for model in models:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits.append(model(tokens).float())
-    return combine_log_probs(logits, combine)
 
 
 def _store_identity(config: RunConfig) -> dict:
@@ -85,8 +65,6 @@ def check_same_data(configs: list[tuple[Path, RunConfig]], stores: list[TokenSto
 
 def load_members(run_dirs: list[Path], device: torch.device) -> tuple[list[Member], TokenStore]:
     """The runs' newest checkpoints as eval-mode models on `device`, and their shared token store."""
-    from scarce.evals.run import load_run_model
-
     if len(run_dirs) < 1:
         raise ScarceError("an ensemble needs at least one run directory (K ≥ 1)")
     if len(set(map(str, run_dirs))) != len(run_dirs):
@@ -132,7 +110,7 @@ def subset_losses(
     starts = list(range(0, sample.scored_tokens, seq_len))
     sums, count = np.zeros(len(subsets)), 0
     for i in range(0, len(starts), batch_size):
-        inputs, targets = (t.to(device) for t in _rows(sample.tokens, starts[i : i + batch_size], seq_len))
+        inputs, targets = (t.to(device) for t in window_rows(sample.tokens, starts[i : i + batch_size], seq_len))
         logits = []
         for model in models:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -143,20 +121,6 @@ def subset_losses(
             sums[j] += F.nll_loss(log_probs.flatten(0, 1), flat_targets, ignore_index=IGNORE, reduction="sum").double().item()
         count += int((targets != IGNORE).sum())
     return sums / count
-
-
-def fit_ensemble_law(losses_by_k: list[dict]) -> dict:
-    """Fit L(K) = E + A / K^alpha to (k, loss) points by least squares on raw loss (as Kim et al. fit);
-    with fewer than 3 points the law is not fitted and the reason says so."""
-    if len(losses_by_k) < 3:
-        return {"fitted": False, "reason": f"{len(losses_by_k)} ensemble sizes; the K-law's 3 parameters need K ≥ 3 members"}
-    from scarce.laws import PowerLaw, fit_law
-    from scarce.laws.io import fit_to_json
-
-    law = fit_law(
-        PowerLaw(variable="K"), {"K": [p["k"] for p in losses_by_k]}, [p["loss"] for p in losses_by_k], loss="mse"
-    )
-    return {"fitted": True, **fit_to_json(law, columns={"K": "k"}, y_column="loss", source="scarce ensemble eval")}
 
 
 def evaluate_ensemble(
@@ -197,30 +161,3 @@ def evaluate_ensemble(
         "losses_by_k": losses_by_k,
         "law": fit_ensemble_law(losses_by_k),
     }
-
-
-def plot_ensemble(result: dict, path: Path) -> Path:
-    """Loss against members K (log axis), with the fitted law drawn past K and its asymptote E."""
-    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
-
-    import matplotlib.pyplot as plt
-
-    ks = np.array([p["k"] for p in result["losses_by_k"]], dtype=float)
-    losses = np.array([p["loss"] for p in result["losses_by_k"]])
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter(ks, losses, color="C0", zorder=3, label=f"mean over sub-ensembles ({result['combine']} averaged)")
-    law = result["law"]
-    if law["fitted"]:
-        p = {k: v["value"] for k, v in law["parameters"].items()}
-        span = np.geomspace(1, ks.max() * 8, 200)
-        ax.plot(span, p["E"] + p["A"] * span ** -p["alpha"], color="C0", lw=1.2,
-                label=f"{p['E']:.4g} + {p['A']:.3g} / K^{p['alpha']:.3g}")
-        ax.axhline(p["E"], color="grey", ls="--", lw=1, label=f"asymptote E = {p['E']:.4g}")
-    else:
-        ax.set_title(f"K-law not fitted: {law['reason']}", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("ensemble members K")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)

@@ -11,7 +11,7 @@ from scarce.data.store import EvalSample
 IGNORE = -100  # cross_entropy's ignore_index: the padding at the end of the last window
 
 
-def _rows(tokens: np.ndarray, starts: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_rows(tokens: np.ndarray, starts: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets of the windows starting at `starts`; a window cut short by the end of the stream
     is padded, and its padded targets are ignored."""
     inputs = np.zeros((len(starts), seq_len), dtype=np.int64)
@@ -47,7 +47,7 @@ def evaluate(
     count = torch.zeros((), dtype=torch.float64, device=device)
     mine = starts[rank::world_size]
     for i in range(0, len(mine), batch_size):
-        inputs, targets = (t.to(device) for t in _rows(sample.tokens, mine[i : i + batch_size], seq_len))
+        inputs, targets = (t.to(device) for t in window_rows(sample.tokens, mine[i : i + batch_size], seq_len))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(inputs)
         loss_sum += F.cross_entropy(

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import torch
 
+from scarce.checkpoint import load_latest_checkpoint
 from scarce.config import RunConfig
-from scarce.data.domains import DomainStore, evaluate_domains, mixture_weights, domain_budgets
+from scarce.data.domains import DomainStore, domain_budgets, mixture_weights
 from scarce.data.sources import prepare_run_data
 from scarce.data.store import TokenStore
 from scarce.errors import ScarceError
-from scarce.evals.perplexity import evaluate
+from scarce.evals.score import score
 from scarce.model import Transformer, model_shape
-from scarce.train.objectives import extra_input_tokens
-from scarce.train.checkpoint import load_latest_checkpoint
 
 
 def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, TokenStore | DomainStore, Path]:
@@ -29,7 +28,7 @@ def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, TokenStore | 
         raise ScarceError(f"{run_dir} has no checkpoint to evaluate")
     path, model_state, _ = found
     store = prepare_run_data(config)
-    extra = extra_input_tokens(config.objective)  # MIR's mask token: an embedding row, never predicted
+    extra = config.objective.extra_input_tokens  # MIR's mask token: an embedding row, never predicted
     model = Transformer(model_shape(vocab_size=store.vocab_size, extra_input_tokens=extra, **config.model.model_dump()))
     model.load_state_dict(model_state)
     return config, model, store, path
@@ -39,12 +38,7 @@ def evaluate_run(run_dir: Path, eval_tokens: int | None = None) -> dict:
     config, model, store, checkpoint = load_run_model(run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sample = store.eval_sample(eval_tokens)
-    args = (config.model.seq_len, config.train.batch_size, device)
-    if isinstance(store, DomainStore):  # every domain on its own held-out documents, and the mixture's mean
-        weights = mixture_weights(config.data, domain_budgets(config.data, store))
-        result = evaluate_domains(evaluate, model.to(device), sample, weights, *args)
-    elif hasattr(sample, "evaluate"):  # a procedural run's held-out examples score themselves
-        result = sample.evaluate(model.to(device), *args)
-    else:
-        result = evaluate(model.to(device), sample, *args)
+    # a domain run: every domain on its own held-out documents, and their mean weighted by the mixture
+    weights = mixture_weights(config.data, domain_budgets(config.data, store)) if isinstance(store, DomainStore) else None
+    result = score(model.to(device), sample, config.model.seq_len, config.train.batch_size, device, weights=weights)
     return {**result, "checkpoint": checkpoint.name}

@@ -8,8 +8,10 @@ fitted as they are. A law's `params_` always holds the natural values (A, not lo
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Mapping
 
 import numpy as np
@@ -516,3 +518,45 @@ def law_from_dict(spec: Mapping) -> Law:
         return get_law(spec["name"], fixed=spec.get("fixed"), **spec.get("options", {}))
     except (KeyError, TypeError) as err:
         raise ScarceError(f"malformed law description {dict(spec)!r}: {err}") from err
+
+
+def load_custom_law(spec: str) -> Law:
+    """`path/to/file.py:name`: a Law instance (or a function returning one) defined in a Python file."""
+    file, _, attr = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise ScarceError(f"custom law file {path} does not exist (write --law FILE.py:NAME)")
+    module_spec = importlib.util.spec_from_file_location(f"scarce_user_law_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, attr):
+        raise ScarceError(f"custom law file {path} defines no {attr!r}")
+    obj = getattr(module, attr)
+    law = obj if isinstance(obj, Law) else obj()
+    if not isinstance(law, Law):
+        raise ScarceError(f"{spec} is not a scarce law (make it a scarce.laws.CustomLaw)")
+    return law
+
+
+def build_law(name: str, variables: list[str], fixed: dict[str, float] | None = None) -> Law:
+    """A law from its registry name or FILE.py:NAME, shaped by the mapped variables where the form has
+    options (the power law's variable; data_constrained with U_N mapped uses unique params). Of `fixed`,
+    only the parameters this law has are pinned (one --fix serves several --law)."""
+    if ".py:" in name:
+        law = load_custom_law(name)
+    elif name == "power":
+        if len(variables) != 1:
+            raise ScarceError(f"the power law has one variable; map exactly one with --x (e.g. --x K=members), "
+                              f"got {variables or 'none'}")
+        law = get_law(name, variable=variables[0])
+    elif name == "data_constrained":
+        law = get_law(name, unique_params="U_N" in variables)
+    else:
+        law = get_law(name)
+    mine = {k: v for k, v in (fixed or {}).items() if k in law.param_names}
+    if not mine:
+        return law
+    if isinstance(law, CustomLaw):
+        return CustomLaw(law.fn, law.variables, {p.name: p for p in law.parameters}, name=law.name,
+                         formula=law.formula, fixed=mine)
+    return law_from_dict({**law.to_dict(), "fixed": mine})

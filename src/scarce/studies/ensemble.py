@@ -18,7 +18,8 @@ from rich.console import Console
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import EXECUTORS as RUN_EXECUTORS
-from scarce.executors import Executor, Job, RunResult, execute, make_executor, run_status
+from scarce.executors import Executor, Job, RunResult, execute, make_executor
+from scarce.runs import run_status
 
 VARIABLE_SEEDS = ("seed", "data_seed")
 EXECUTORS = ("auto", "batched", *RUN_EXECUTORS)  # auto, batched, local, serial, submitit, ray

@@ -11,7 +11,7 @@ The grid, for every model size N:
 Every run is in the run store with flat summary keys (domain, params, general_tokens, domain_tokens,
 final_val_loss.NAME); `points` turns them into one row per (domain, N, D, D'), the general models giving
 the D' = 0 points. The runs go through scarce.executors as a study (scarce.studies.sweep.Study), one
-batch of jobs per stage, keyed by their resolved config (`scarce.executors.run_key`): running the study
+batch of jobs per stage, keyed by their resolved config (`scarce.runs.run_key`): running the study
 again skips finished runs and resumes unfinished ones from their newest checkpoint.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,3 +271,22 @@ def read_points(path: Path) -> list[Point]:
     with path.open(newline="") as f:
         return [Point(r["domain"], int(float(r["params"])), int(float(r["general_tokens"])),
                       int(float(r["domain_tokens"])), float(r["loss"]), r["run_id"]) for r in csv.DictReader(f)]
+
+
+def fit_study(runs_dir: Path, study: str, law_names: list[str], bootstrap: int, tokens_per_step: int,
+              holdout: str = "N") -> tuple[dict, Path, Path | None]:
+    """Fit and compare the laws (default both specialization forms) on a study's points, per domain; write
+    `<study>-fit.json` and `<study>-fit.png`. Returns the fit document and the two paths (no plot: None)."""
+    from scarce.laws.forms import build_law
+    from scarce.laws.io import write_json
+    from scarce.laws.specialization import fit_domains, plot_domains
+
+    found = read_points(runs_dir / f"{study}-points.csv")
+    unique = json.loads((runs_dir / f"{study}-unique-tokens.json").read_text())
+    laws = [build_law(name, ["N", "D", "D_spec"]) for name in law_names or
+            ["specialization_transfer", "specialization_additive"]]
+    document = fit_domains(found, laws, bootstrap=bootstrap, source=f"{runs_dir}/{study}-points.csv",
+                           tokens_per_step=tokens_per_step, unique_tokens=unique, holdout=holdout)
+    out = runs_dir / f"{study}-fit.json"
+    write_json(document, out)
+    return document, out, plot_domains(document, found, runs_dir / f"{study}-fit.png")

@@ -5,7 +5,7 @@ config, so `scarce runs --where study=<name>` lists them, and it keeps its bookk
 `<runs_dir>/sweeps/<name>/`: `manifest.json` (what was asked for and how each run ended), `lock` (one
 driver at a time) and `logs/<key>.log` (each run's console output).
 
-Running a study never repeats a finished run. Runs are found by their key (`scarce.executors.run_key`,
+Running a study never repeats a finished run. Runs are found by their key (`scarce.runs.run_key`,
 a hash of the resolved config without `name` and `runs_dir`; `study` is part of it, so two studies
 never share runs). For each requested config:
 
@@ -42,7 +42,8 @@ from scarce import runs
 from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig, parse_override, resolve_config
 from scarce.errors import ScarceError
-from scarce.executors import FINAL_STATUSES, Executor, Job, RunResult, run_key, run_status, runs_by_key
+from scarce.executors import Executor, Job, RunResult
+from scarce.runs import FINAL_STATUSES, run_key, run_status, runs_by_key
 
 SWEEPS_DIR = "sweeps"
 NOT_SWEEPABLE = ("name", "runs_dir", "study")  # labels and places, not settings
@@ -293,7 +294,7 @@ def _now() -> str:
 
 def _newest_checkpoint(run_dir: Path) -> str:
     """Name of the newest checkpoint directory (step_00000100 sorts by step), or "" if none."""
-    from scarce.train.checkpoint import checkpoint_dirs
+    from scarce.checkpoint import checkpoint_dirs
 
     found = checkpoint_dirs(Path(run_dir) / runs.CHECKPOINTS_DIR)
     return found[0].name if found else ""

@@ -33,9 +33,10 @@ from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
 from scarce.evals.perplexity import evaluate
 from scarce.model import Transformer, model_shape
-from scarce.train.checkpoint import save_checkpoint
+from scarce.checkpoint import save_checkpoint
 from scarce.train.optim import build_optimizer, lr_at
-from scarce.train.trainer import code_version, now, pick_device, tokens_per_step
+from scarce.train.distributed import pick_device
+from scarce.train.trainer import code_version, now, tokens_per_step
 
 SEED_KEYS = ("seed", "data_seed")
 

@@ -17,7 +17,7 @@ from scarce.config import InitConfig, RunConfig
 from scarce.errors import ScarceError
 from scarce.model import Transformer, weight_group
 from scarce.train.optim import lr_at
-from scarce.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
+from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
 
 
 def load_source_checkpoint(cfg: InitConfig) -> tuple[dict, dict, int]:
@@ -112,7 +112,7 @@ def continuation(config: RunConfig, total_steps: int) -> tuple[dict, dict, int]:
     cfg = config.init
     weights, state, step = load_source_checkpoint(cfg)
     source_config = RunConfig.model_validate(runs.read_config(Path(cfg.from_run)))
-    ours, theirs = runs._flatten(config.model_dump(mode="json")), runs._flatten(source_config.model_dump(mode="json"))
+    ours, theirs = runs.flatten(config.model_dump(mode="json")), runs.flatten(source_config.model_dump(mode="json"))
     changed = [k for k in sorted(set(ours) | set(theirs))
                if k not in CONTINUE_MAY_DIFFER and not k.startswith("init.") and ours.get(k) != theirs.get(k)]
     if changed:

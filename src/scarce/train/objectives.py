@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from scarce import runs
 from scarce.config import ObjectiveConfig, RunConfig
-from scarce.data.sources import Batch
+from scarce.data.batch import Batch
 from scarce.errors import ScarceError
 
 # MIR's execution when objective.mir_execution = "auto": the cheaper one per step, as measured by
@@ -38,7 +38,6 @@ def token_loss_sum(model, inputs: torch.Tensor, targets: torch.Tensor, loss_mask
 class NextToken:
     """Plain next-token prediction."""
 
-    extra_input_tokens = 0
     flops_multiplier = 1  # training FLOPs per token, relative to one forward and backward pass
 
     def passes(self, batch: Batch):
@@ -68,7 +67,6 @@ class MaskedInput:
     checkpoints, makes a resumed run draw exactly the masks it would have drawn.
     """
 
-    extra_input_tokens = 1
     flops_multiplier = 2  # the masked copy costs a second forward and backward pass
 
     def __init__(self, cfg: ObjectiveConfig, vocab_size: int, seed: int, rank: int = 0, execution: str = "two_pass"):
@@ -126,8 +124,6 @@ class TokenDistillation:
     summed over the vocabulary and, like the NTP term, over the positions that count.
     """
 
-    extra_input_tokens = 0
-
     def __init__(self, weight: float, teachers: list, student_train_flops_per_token: int):
         self.weight, self.teachers = weight, teachers
         # a teacher forward pass is a third of a forward and backward pass
@@ -135,7 +131,7 @@ class TokenDistillation:
         self.flops_multiplier = 1 + teacher_flops / student_train_flops_per_token
 
     def passes(self, batch: Batch):
-        from scarce.evals.ensemble import ensemble_log_probs
+        from scarce.evals.combine import ensemble_log_probs
 
         def distill(model):
             log_probs = F.log_softmax(model(batch.inputs).float(), dim=-1)
@@ -175,16 +171,12 @@ def token_distillation(config, shape, device) -> TokenDistillation:
     return TokenDistillation(config.distill.weight, teachers, shape.train_flops_per_token())
 
 
-OBJECTIVES = {"ntp": NextToken, "mir": MaskedInput}
-
-
-def extra_input_tokens(cfg: ObjectiveConfig) -> int:
-    """Input-only tokens the objective adds to the model's embedding (MIR: its mask token)."""
-    return OBJECTIVES[cfg.kind].extra_input_tokens
-
-
-def build_objective(cfg: ObjectiveConfig, vocab_size: int, seed: int, rank: int, device_type: str):
-    if cfg.kind == "ntp":
+def build_objective(config: RunConfig, shape, rank: int, device: torch.device):
+    """The run's objective: token distillation when distill.kind = "token", else objective.kind (NTP or MIR)."""
+    if config.distill.kind == "token":  # KL to the teachers' averaged distribution, mixed with NTP
+        return token_distillation(config, shape, device)
+    if config.objective.kind == "ntp":
         return NextToken()
-    execution = MIR_EXECUTION_BY_DEVICE[device_type] if cfg.mir_execution == "auto" else cfg.mir_execution
-    return MaskedInput(cfg, vocab_size, seed, rank, execution)
+    cfg = config.objective
+    execution = MIR_EXECUTION_BY_DEVICE[device.type] if cfg.mir_execution == "auto" else cfg.mir_execution
+    return MaskedInput(cfg, shape.vocab_size, config.train.seed, rank, execution)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from scarce.errors import ScarceError
-from scarce.evals.ensemble import combine_log_probs
+from scarce.evals.combine import combine_log_probs
 from scarce.model import Transformer, apply_rope
 
 

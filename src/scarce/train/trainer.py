@@ -13,7 +13,6 @@ Reading order: `train_step` (one optimizer step), `_run` (the loop), `_set_up` (
 
 import json
 import math
-import os
 import subprocess
 import time
 from contextlib import contextmanager, nullcontext
@@ -29,50 +28,23 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 import scarce
 from scarce import runs
 from scarce.config import RunConfig
+from scarce.checkpoint import load_latest_checkpoint, save_checkpoint
+from scarce.data.batch import Batch, BatchSource
+from scarce.data.domains import DomainMixture, DomainStore, domain_summary
 from scarce.data.loader import EpochLoader
-from scarce.data.sources import Batch, BatchSource, build_source, prepare_run_data
-from scarce.data.domains import DomainMixture, DomainStore, domain_summary, evaluate_domains
+from scarce.data.sources import build_source, prepare_run_data
 from scarce.data.store import EvalSample, TokenStore
-from scarce.data.mixture import mixture_source
 from scarce.errors import ScarceError
-from scarce.evals.perplexity import evaluate
+from scarce.evals.score import score
 from scarce.model import ModelShape, Transformer, model_shape
-from scarce.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from scarce.train.init import continuation, initialize
-from scarce.train.objectives import build_objective, extra_input_tokens, token_distillation
+from scarce.train.objectives import build_objective
 from scarce.train.optim import build_optimizer, lr_at
+from scarce.train.distributed import Distributed, broadcast, pick_device, setup_distributed
 from scarce.train.warmup import run_stages_before, stage_init
 
 # train.compile = "auto": compile where benchmarks/bench_train.py measured it faster (results/train.json).
 COMPILE_BY_DEVICE = {"cpu": False, "cuda": True}
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_kind: str) -> Distributed:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ScarceError("train.device='cuda' but no CUDA device is available; use train.device=auto or cpu")
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def code_version() -> str:
@@ -83,15 +55,6 @@ def code_version() -> str:
     except OSError:
         sha = ""
     return f"{scarce.__version__}+{sha}" if sha else scarce.__version__
-
-
-def broadcast(value, ctx: Distributed):
-    """Rank 0's value on every rank."""
-    if ctx.world_size == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def now() -> str:
@@ -169,7 +132,7 @@ def _stand_in(empty: Batch) -> Batch:
 def train(config: RunConfig, progress: bool = True) -> Path:
     """Start a new run from `config`; returns the run directory. A stage the config asks for first (a
     procedural warm-up, scarce.train.warmup) is trained, or reused when it already has been."""
-    run_stages_before(config, progress)
+    run_stages_before(config, train, resume, progress)
     with _ordered_kernels(config):
         return _run(config, run_dir=None, progress=progress)
 
@@ -274,18 +237,13 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
     if ctx.is_main and ctx.world_size > 1:
         dist.barrier()
     source = build_source(config, store, ctx.rank, ctx.world_size)
-    if config.distill.kind == "sequence":  # real batches mixed with the teachers' samples
-        source = mixture_source(source, config, store, ctx.rank, ctx.world_size)
     # a decay branch: checked against its source before anything is written, loaded once the run is built
     continued = continuation(config, source.steps) if run_dir is None and config.init.mode == "continue" else None
 
     shape = model_shape(
-        vocab_size=store.vocab_size, extra_input_tokens=extra_input_tokens(config.objective), **config.model.model_dump()
+        vocab_size=store.vocab_size, extra_input_tokens=config.objective.extra_input_tokens, **config.model.model_dump()
     )
-    if config.distill.kind == "token":  # KL to the teachers' averaged distribution, mixed with NTP
-        objective = token_distillation(config, shape, device)
-    else:
-        objective = build_objective(config.objective, store.vocab_size, cfg.seed, ctx.rank, device.type)
+    objective = build_objective(config, shape, ctx.rank, device)
     model = Transformer(shape)
     init_record = initialize(model, stage_init(config)) if run_dir is None else None
     model.to(device)
@@ -415,14 +373,9 @@ def _after_step(run: Run, step: int, train_loss: float, lr: float) -> str | None
 
 
 def _evaluate(run: Run) -> dict:
-    args = (run.config.model.seq_len, run.config.train.batch_size, run.device, run.ctx.rank, run.ctx.world_size)
-    if isinstance(run.source, DomainMixture):  # each domain on its own held-out documents, and their weighted mean
-        weights = dict(zip(run.source.names, run.source.weights))
-        run.last_eval = evaluate_domains(evaluate, run.model, run.eval_sample, weights, *args)
-    elif hasattr(run.eval_sample, "evaluate"):  # a sample that scores itself: a procedural task's held-out examples
-        run.last_eval = run.eval_sample.evaluate(run.model, *args)
-    else:
-        run.last_eval = evaluate(run.model, run.eval_sample, *args)
+    weights = dict(zip(run.source.names, run.source.weights)) if isinstance(run.source, DomainMixture) else None
+    run.last_eval = score(run.model, run.eval_sample, run.config.model.seq_len, run.config.train.batch_size,
+                          run.device, run.ctx.rank, run.ctx.world_size, weights)
     run.best_val_loss = min(run.best_val_loss, run.last_eval["val_loss"])
     return run.last_eval
 

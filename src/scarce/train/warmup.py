@@ -9,7 +9,7 @@ the warm-up's rows) and trains every weight on its own data: the initialization 
 
 `scarce.train.trainer.train(config)` runs the warm-up first (`run_stages_before`), so `scarce train`,
 sweeps, studies and every executor get both stages from one config. A finished warm-up is reused: it is
-found by its run key (scarce.executors.run_key), which leaves out what only the run itself uses (transfer,
+found by its run key (scarce.runs.run_key), which leaves out what only the run itself uses (transfer,
 embedding init, the natural data), so runs that differ only there share one warm-up; an interrupted one
 is resumed from its checkpoint. A file lock in the runs directory makes concurrent runs wait for one
 warm-up rather than each train their own. The run's saved config is the one asked for (its key is the
@@ -17,60 +17,20 @@ one a study looks for); its summary's `init` names the warm-up run it started fr
 """
 
 import fcntl
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from scarce import runs
+from scarce.runs import run_key, run_status, runs_by_key
 from scarce.config import InitConfig, ProceduralConfig, RunConfig
 from scarce.errors import ScarceError
-from scarce.executors import run_key, run_status, runs_by_key
-from scarce.train.checkpoint import checkpoint_dirs
+from scarce.train.distributed import broadcast, pick_device, setup_distributed
+from scarce.checkpoint import checkpoint_dirs
 
 # Keys that shape a warm-up (besides the procedural section): the model, seeds and how it runs.
 WARMUP_TRAIN_KEYS = {"seed", "data_seed", "grad_accum", "device", "compile", "log_every", "checkpoint_every", "keep_checkpoints"}
-
-
-def check_procedural(config: RunConfig) -> None:
-    """The rules tying the [procedural] section to the rest of a config; a ValueError naming the keys."""
-    p = config.procedural
-    if config.data.source == "procedural":
-        if p.task is None:
-            raise ValueError("data.source='procedural' trains on procedural.task's stream: name a task (scarce procedural list)")
-        if config.train.tokens is None:
-            raise ValueError("data.source='procedural' has no epochs: set train.tokens (the run's length)")
-        staged = [k for k in ("tokens", "steps", "fraction", "batch_size") if getattr(p, k) is not None]
-        if staged or p.mode != "warmup":
-            raise ValueError(f"procedural.{(staged or ['mode'])[0]} describes procedural data added to a natural run; "
-                             "with data.source='procedural' the run is the stream itself (its length is train.tokens)")
-        return
-    if p.task is None:
-        given = [k for k in ("tokens", "steps", "batch_size", "fraction") if getattr(p, k) is not None]
-        if given:
-            raise ValueError(f"procedural.{given[0]} is set but procedural.task is not: name a task or drop it")
-        return
-    defaults = ProceduralConfig()
-    if p.mode == "warmup":
-        if (p.tokens is None) == (p.steps is None):
-            raise ValueError("procedural.mode='warmup' needs the stage's length: set one of procedural.tokens, procedural.steps")
-        if p.fraction is not None:
-            raise ValueError("procedural.fraction is mode='mix''s front-loaded share; a warm-up's length is procedural.tokens or .steps")
-        if config.init.from_run is not None:
-            raise ValueError("a run with a procedural warm-up starts from the warm-up: leave init.from_run unset "
-                             "(procedural.transfer names the groups copied)")
-        batch = p.batch_size or config.train.batch_size
-        if batch % config.train.grad_accum:
-            raise ValueError(f"procedural.batch_size={batch} must be divisible by train.grad_accum={config.train.grad_accum}")
-        return
-    if p.fraction is None:
-        raise ValueError("procedural.mode='mix' needs procedural.fraction: the share of training tokens front-loaded, in [0, 1)")
-    warmup_only = [k for k in ("tokens", "steps", "batch_size") if getattr(p, k) is not None]
-    warmup_only += [k for k in ("transfer", "embedding_init", "optim") if getattr(p, k) != getattr(defaults, k)]
-    if warmup_only:
-        raise ValueError(f"procedural.{warmup_only[0]} belongs to a warm-up stage; in mode='mix' the procedural batches "
-                         "are the run's own (its optimizer and batch size), procedural.fraction of its tokens")
-    if config.data.domains is not None:
-        raise ValueError("procedural.mode='mix' front-loads into a single corpus's stream; with data.domains use mode='warmup'")
 
 
 def has_warmup(config: RunConfig) -> bool:
@@ -102,11 +62,11 @@ def find_warmup(config: RunConfig) -> Path | None:
     return next((d for d in _warmup_runs(warmup_config(config)) if run_status(d) == "completed"), None)
 
 
-def run_stages_before(config: RunConfig, progress: bool = True) -> Path | None:
-    """Train `config`'s warm-up stage, or reuse or resume it; returns its run directory (None: no stage)."""
+def run_stages_before(config: RunConfig, train: Callable, resume: Callable, progress: bool = True) -> Path | None:
+    """Train `config`'s warm-up stage, or reuse or resume it; returns its run directory (None: no stage).
+    The trainer passes in its own `train(config, progress)` and `resume(run_dir, progress)`."""
     if not has_warmup(config):
         return None
-    from scarce.train.trainer import broadcast, pick_device, resume, setup_distributed, train  # the trainer calls this module
 
     warmup = warmup_config(config)
     ctx = setup_distributed(pick_device(config.train.device, 0).type)

@@ -145,7 +145,7 @@ class ScarceLM(TemplateLM):
     @torch.no_grad()
     def log_probs(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens → (B, T, vocab) next-token log-probabilities: log-softmax of the members' mean logits."""
-        from scarce.evals.ensemble import ensemble_log_probs
+        from scarce.evals.combine import ensemble_log_probs
 
         return ensemble_log_probs(self.members, rows.to(self._device))
 

@@ -28,10 +28,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from scarce import runs
 from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import Executor
+from scarce.runs_jsonl import RUNS_JSONL_FILE, write_runs_jsonl
 from scarce.studies.study.design import (ANALYSIS_FRACTION, Design, Inputs, base_config, check_inputs, design_or_resume,
                                          design_study, step_tokens, write_design)
 from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, Effect, estimate_multiplier, judge, measure_effects
@@ -102,5 +104,7 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
     results = conclude(study_runs, design, chosen, inputs, base, bootstrap)
     results["wall_seconds"] = {"runs": study_runs.wall_seconds, "total": time.perf_counter() - started}
     write_json_atomic(out / RESULTS_FILE, results)
+    # the study's runs as one committable file: each run's config difference, summary and evaluation curve
+    write_runs_jsonl(runs.run_dirs(base.runs_dir), base.model_dump(mode="json"), out / RUNS_JSONL_FILE)
     write_report(results, out)
     return results

@@ -17,6 +17,7 @@ import numpy as np
 
 from scarce.atomic import write_bytes_atomic
 from scarce.report import plt, save_figure
+from scarce.runs_jsonl import RUNS_JSONL_FILE
 from scarce.studies.study.estimates import NOT_DISTINGUISHABLE
 from scarce.studies.study.interventions import STANDARD_WEIGHT_DECAY
 
@@ -435,8 +436,10 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
                         f"({wall.get('runs', 0) / 60:.1f} min training and scoring runs, the rest fitting; runs "
                         f"finished in earlier invocations are reused, not retrained)."))
     blocks.append(("h", 2, "Runs"))
-    blocks.append(("p", f"Every run of this study, in {out / 'runs'} (study = 'study'); `scarce runs {out / 'runs'}` "
-                        f"lists them."))
+    blocks.append(("p", f"Every run of this study (study = 'study') is one line of {RUNS_JSONL_FILE} beside this report: "
+                        f"its config where it differs from the study's base, its summary and its evaluation curve; "
+                        f"`scarce runs {RUNS_JSONL_FILE}` lists them. The run directories, checkpoints included, stay in "
+                        f"the study's runs/ folder on the machine that ran it."))
     blocks.append(runs_table(results))
     md, page = out / "report.md", out / "report.html"
     write_bytes_atomic(md, _md(blocks).encode())

@@ -1,0 +1,38 @@
+"""`scarce data list` and `scarce data prepare`: corpora and token stores."""
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from scarce.commands.options import console
+
+
+def data_list():
+    """List the named corpora."""
+    from scarce.data.corpora import list_corpora
+
+    table = Table("corpus", "description")
+    for name, description in list_corpora().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+def data_prepare(
+    corpus: Annotated[str, typer.Argument(help="A catalog name (see `scarce data list`) or a path to your files.")] = "kjv",
+    tokenizer: Annotated[str, typer.Option(help="bpe (trained here) or gpt2 (GPT-2's vocabulary)")] = "bpe",
+    vocab_size: int = 8192,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+):
+    """Tokenize a corpus once into a cached token store (train/validation split by documents)."""
+    from scarce.config import resolve_config
+    from scarce.data.store import prepare_store
+
+    options = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, split_seed=split_seed)
+    data = resolve_config({"data": {"corpus": corpus, **options}}).data  # a bad value is an error naming its key
+    store = prepare_store(corpus, **data.store_options())
+    console.print(
+        f"{store.path}\n  {store.train_token_count:,} training tokens, {len(store.val_tokens):,} validation tokens, "
+        f"vocabulary {store.vocab_size:,}"
+    )
