@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from machine import cpu_model
+
 from scarce.config import resolve_config
 from scarce.executors import usable_cpus
 from scarce.studies.ensemble import member_configs, member_executor, train_members

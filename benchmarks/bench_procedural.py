@@ -3,7 +3,8 @@
 Each task draws examples in chunks of about 2M tokens (k-Dyck at k = 64, length 2048: 1024 sequences per
 chunk). `tokens_per_second` is the median over repeats of tokens per second of the process's CPU time:
 generation is single-threaded NumPy, so that is the wall-clock rate on an idle core, and it stays
-meaningful on a shared box (whose wall-clock rates and load average are written alongside). Also measured: each task's shuffled control, and the whole ProceduralSource path the trainer sees
+meaningful on a shared box (whose wall-clock rates and load average are written alongside). Also measured:
+each task's shuffled control, and the whole ProceduralSource path the trainer sees
 (k-Dyck into rows of 257 tokens, torch tensors out). Targets: k-Dyck >= 5M tokens/s, every task >= 100×
 the reference training config's tokens/s (benchmarks/results/train.json).
 
@@ -16,16 +17,15 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from scarce.atomic import write_json_atomic
-from scarce.procedural.registry import TASKS, get_task
 from scarce.data.procedural import ProceduralSource
-
-from machine import cpu_model
+from scarce.procedural.registry import TASKS, get_task
 
 CHUNK_TOKENS = 2**21
 RESULTS = Path(__file__).parent / "results"
@@ -91,7 +91,7 @@ def main():
         "machine": {
             "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
         },
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "repeats": args.repeats,
         "chunk_tokens": CHUNK_TOKENS,
     }

@@ -16,9 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from bench_train import plain_loop_tokens_per_second
 from machine import cpu_model
+
 from scarce.config import resolve_config
 from scarce.model import Transformer, model_shape
 from scarce.train.sample import sample_documents
@@ -42,7 +42,8 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
 
     config = resolve_config({"model": {"size": "small", "seq_len": 256}})
     shape = model_shape(vocab_size=4096, **config.model.model_dump())

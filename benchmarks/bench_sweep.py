@@ -15,17 +15,16 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 
 from scarce.atomic import write_json_atomic
 from scarce.config import resolve_config
 from scarce.data.store import prepare_store
 from scarce.executors import Job, LocalExecutor, SerialExecutor, usable_cpus
-
-from machine import cpu_model
 
 # micro model, 64-token context, 16,384 unique tokens: 32 steps at batch 8, a few seconds a run
 TINY = {
@@ -86,7 +85,7 @@ def main():
     result = {
         "what": f"{args.runs} runs of a micro model (32 steps, {TINY['data']['unique_tokens']:,} unique tokens), "
                 "wall time including the pool's start-up",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model(), "usable_cpus": cpus, "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__, "store": store.path.name},
         "results": [{**row, "speedup_vs_sequential": row["runs_per_hour"] / sequential} for row in rows],

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_model
 
 from scarce import runs
 from scarce.config import resolve_config
 from scarce.model import Transformer, model_shape
 from scarce.train.optim import build_optimizer
 from scarce.train.trainer import train
-
-from machine import cpu_model
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 20) -> float:

@@ -26,7 +26,7 @@ import argparse
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -111,7 +111,7 @@ def main():
                      "retained_fraction": report["retained_fraction"]})
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started,  # of this invocation (a resumed run counts its part)
         "recipe": recipe, "members": K, "ensembles": ensembles,

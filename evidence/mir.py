@@ -11,11 +11,10 @@ Re-running continues the sweep; it never repeats a finished run. Not part of the
 """
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scarce import runs
@@ -69,7 +68,7 @@ def main():
             })
     k, _ = effective_data_multiplier(PowerLaw(), points["ntp"], points["mir"], bootstrap=args.bootstrap)
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started,
         "recipe": RECIPE, "seeds": list(SEEDS), "rows": rows,

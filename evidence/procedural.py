@@ -25,7 +25,7 @@ import argparse
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -33,8 +33,8 @@ from rich.console import Console
 from scarce import runs
 from scarce.atomic import write_json_atomic
 from scarce.config import resolve_config
-from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic
 from scarce.executors import make_executor
+from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic
 from scarce.studies.sweep import Study
 
 FULL = {
@@ -138,7 +138,7 @@ def main():
                                 "run": row["run"], "warmup_run": row["warmup"]})
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started, "quick": args.quick, "size": size,
         "recipes": {"diagnostic": {"model": "2 layers, 4 heads, width 16", "optim": DIAG_LR, "dyck": DYCK_DIAG},

@@ -21,7 +21,7 @@ import argparse
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -82,7 +82,7 @@ def main():
             best_epochs = min(epochs, key=lambda e: statistics.fmean(losses[budget, s, 0.1, e] for s in seeds))
             # 2. local tuning of (wd, epochs) on seed 0, from the baseline's best setting
             tuned = coordinate_descent(
-                lambda pts: measure(study, [(budget, seeds[0], p[WD], p[EP]) for p in pts]),
+                lambda pts: measure(study, [(budget, seeds[0], p[WD], p[EP]) for p in pts]),  # noqa: B023 (called in this iteration)
                 {WD: decays, EP: epochs}, {WD: 0.1, EP: best_epochs},
             )
             tuned_wd = tuned.optimum[WD]
@@ -91,7 +91,7 @@ def main():
             budget_rows.append(_summarize(budget, seeds, epochs, losses, best_epochs, tuned))
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started,
         "recipe": RECIPE, "seeds": list(seeds), "epochs": epochs, "weight_decays": decays,

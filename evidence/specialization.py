@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scarce.atomic import write_json_atomic
@@ -99,7 +99,7 @@ def main():
     validation = _validate(chosen, trained, params, general_tokens, domain_tokens, total_tokens, unique)
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {args.workers} workers × 1 thread",
         "wall_seconds": time.perf_counter() - started,
         "quick": args.quick, "config": str(CONFIG.relative_to(ROOT)), "recipe": RECIPE,

@@ -7,10 +7,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.checkpoint import checkpoint_dirs
 from scarce.train.init import branch_config
 from scarce.train.trainer import train
 

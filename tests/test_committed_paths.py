@@ -38,4 +38,5 @@ def test_no_committed_file_under_docs_or_examples_holds_an_absolute_machine_path
         for number, line in enumerate(text.split("\n"), start=1):
             if MACHINE_PATH.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
-    assert not found, "absolute machine paths (write them relative, or as names):\n" + "\n".join(found[:50]) + (f"\n... {len(found)} in all" if len(found) > 50 else "")
+    more = f"\n... {len(found)} in all" if len(found) > 50 else ""
+    assert not found, "absolute machine paths (write them relative, or as names):\n" + "\n".join(found[:50]) + more

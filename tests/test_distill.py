@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from scarce import runs
 from scarce.config import resolve_config
+from scarce.data.batch import Batch
 from scarce.data.loader import EpochLoader
 from scarce.data.mixture import MixtureSource, open_synthetic
-from scarce.data.batch import Batch
 from scarce.errors import ScarceError
 from scarce.model import Transformer, model_shape
 from scarce.studies.distill import check_teachers, retained_fraction, run_distillation

@@ -152,8 +152,8 @@ def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):
 
 
 def test_vmap_batched_members_train_to_the_weights_of_separate_runs(tmp_path):
-    from scarce.train.batched import train_batched
     from scarce.checkpoint import load_latest_checkpoint
+    from scarce.train.batched import train_batched
     from scarce.train.trainer import train
 
     base = resolve_config({"name": "b", "runs_dir": str(tmp_path / "batched")}, TINY)

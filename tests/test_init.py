@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
 from scarce.model import weight_group
-from scarce.checkpoint import checkpoint_dirs
 from scarce.train.trainer import train
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",

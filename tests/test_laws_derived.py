@@ -5,9 +5,20 @@ import numpy as np
 import pytest
 
 from scarce.errors import ScarceError
-from scarce.laws import (Chinchilla, DataConstrained, PowerLaw, SoftQ, SpecializationTransfer, asymptote,
-                         data_efficiency, effective_data, effective_data_multiplier, estimate, plan,
-                         tiered_asymptote)
+from scarce.laws import (
+    Chinchilla,
+    DataConstrained,
+    PowerLaw,
+    SoftQ,
+    SpecializationTransfer,
+    asymptote,
+    data_efficiency,
+    effective_data,
+    effective_data_multiplier,
+    estimate,
+    plan,
+    tiered_asymptote,
+)
 
 DATA_LAW = dict(E=1.89, A=1.30, alpha=0.23)  # Kim et al.'s standard-recipe data law, D in billions
 
@@ -279,7 +290,7 @@ def test_planning_in_billions_of_params_finds_the_optimum():
     for flops in (1e2, 1e5):  # 6·N·D in billions × billions
 
         def loss_at(n):
-            return law.predict({"N": n, "D": flops / (6 * n)})
+            return law.predict({"N": n, "D": flops / (6 * n)})  # noqa: B023 (used within this iteration)
 
         best = _brute_force_params(loss_at, lo=1e-6, hi=1e6)
         result = plan(law, flops)

@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from scarce.errors import ScarceError
-from scarce.laws import (LAWS, Chinchilla, CustomLaw, DataConstrained, PowerLaw, SoftQ, SpecializationAdditive,
-                         SpecializationTransfer, get_law, law_from_dict)
+from scarce.laws import (
+    LAWS,
+    Chinchilla,
+    CustomLaw,
+    DataConstrained,
+    PowerLaw,
+    SoftQ,
+    SpecializationAdditive,
+    SpecializationTransfer,
+    get_law,
+    law_from_dict,
+)
 from scarce.laws.fit import Problem
 
 NOISE = 0.001  # multiplicative noise on loss, about what repeated seeds give on a validation set

@@ -1,5 +1,5 @@
-"""The layers of docs/architecture.md hold: no import points up a layer or runs round a loop, and the config
-reads without torch."""
+"""The layers of docs/architecture.md hold (no import points up a layer or runs round a loop, the config reads
+without torch) and the plugin tables are explicit (every name checked when a config is parsed, one way)."""
 
 import ast
 import graphlib
@@ -103,3 +103,16 @@ def test_every_batch_source_name_the_config_accepts_is_in_the_table():
     from scarce.data.sources import SOURCES
 
     assert set(SOURCE_NAMES) == set(SOURCES)
+
+
+@pytest.mark.parametrize("override, key, what", [
+    ("data.source=stream", "data.source", "batch source 'stream'"),
+    ("procedural.task=dyk", "procedural.task", "procedural task 'dyk'"),
+    ("model.size=huge", "model.size", "size 'huge'"),
+])
+def test_every_plugin_name_is_checked_when_the_config_is_parsed_the_same_way(override, key, what):
+    from scarce.config import resolve_config
+    from scarce.errors import ScarceError
+
+    with pytest.raises(ScarceError, match=rf"{key}: .*unknown {what}; choose one of "):
+        resolve_config({}, [override])

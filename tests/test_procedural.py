@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scarce.errors import ScarceError
 from scarce.procedural.automata import ECA
 from scarce.procedural.base import Examples
 from scarce.procedural.copying import WW
 from scarce.procedural.dyck import Dyck, DyckShuffle
 from scarce.procedural.registry import TASKS, get_task, parse_params
 from scarce.procedural.sequences import PAD, SEP, Delete, Identity, Reverse, Set, Sort, Stack, Union
-from scarce.errors import ScarceError
 
 FAST = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**32 - 1)

@@ -9,13 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from scarce.cli import app
-from scarce.procedural.base import Examples
-from scarce.procedural.registry import get_task
-from scarce.data.procedural import ProceduralSource
 from scarce.data.batch import BatchSource
+from scarce.data.procedural import ProceduralSource
 from scarce.errors import ScarceError
 from scarce.evals.diagnostics import accuracy, heldout_batch
+from scarce.procedural.base import Examples
 from scarce.procedural.diagnostics import HELDOUT_EXAMPLES, Addition, Haystack, Multiplication, ReversedAddition
+from scarce.procedural.registry import get_task
 
 runner = CliRunner()
 

@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 import scarce.train.trainer as trainer
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.data.sources import build_source, prepare_run_data
 from scarce.errors import ScarceError
-from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic, tokens_to_loss
 from scarce.executors import Job, execute
 from scarce.model import weight_group
-from scarce.checkpoint import checkpoint_dirs
+from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic, tokens_to_loss
 from scarce.train.warmup import find_warmup, warmup_config
 
 MICRO = [

@@ -12,8 +12,8 @@ from contextlib import closing
 import pytest
 from rich.console import Console
 
-from scarce.errors import ScarceError
 from scarce.commands.runs import DEFAULT_TABLE_COLUMNS, HIDE_FIRST, runs_table
+from scarce.errors import ScarceError
 from scarce.runs import (
     RunIndex,
     append_metrics,

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs
 from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
@@ -18,7 +19,6 @@ from scarce.laws import SpecializationAdditive, SpecializationTransfer
 from scarce.laws.specialization import fit_domains, fitted_laws, plan_specialization
 from scarce.studies.specialize import Grid, Point, run_study, specialist_configs
 from scarce.train import trainer
-from scarce.checkpoint import checkpoint_dirs
 
 GRID = dict(sizes=["micro"], general_tokens=[1280, 2560], domain_tokens=[256], domains=["code"])
 
@@ -158,7 +158,8 @@ def test_the_planner_stays_within_the_budget_and_the_caps(document):
         assert p["repetition"] == {}
     shared = plans["shared"]
     assert shared["flops"] == pytest.approx(6 * shared["params"] * (shared["general_tokens"] + sum(shared["domain_tokens"].values())))
-    assert shared["predicted_loss"]["mean"] == pytest.approx(0.75 * shared["predicted_loss"]["code"] + 0.25 * shared["predicted_loss"]["verse"])
+    predicted = shared["predicted_loss"]
+    assert predicted["mean"] == pytest.approx(0.75 * predicted["code"] + 0.25 * predicted["verse"])
     assert plans["shared"]["predicted_loss"]["mean"] <= plans["domain"]["predicted_loss"]["mean"]
     # with repetition allowed a large budget repeats the small domain, and says so
     repeated = plan_specialization(laws, 1e21, unique, repeat=True, tokens_per_step=4096)["shared"]

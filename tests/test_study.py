@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from scarce import runs
 from scarce.cli import app
+from scarce.config import RunConfig
 from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
 from scarce.executors import make_executor
-from scarce.runs_jsonl import read_runs_jsonl
 from scarce.laws import DataConstrained
-from scarce.config import RunConfig
+from scarce.runs_jsonl import read_runs_jsonl
 from scarce.studies import study as S
 from scarce.studies.study.extrapolation import _with_params
 

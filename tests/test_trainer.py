@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 import scarce.train.trainer as trainer
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs, read_checkpoint
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.checkpoint import checkpoint_dirs, read_checkpoint
 from scarce.train.trainer import resume, train
 
 # 12,288 unique tokens in 32-token sequences: 383 sequences, 48 steps an epoch at batch 8

@@ -75,7 +75,7 @@ def main():
         app()
     except ScarceError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # `torchrun --nproc_per_node 2 -m scarce.cli train ...`

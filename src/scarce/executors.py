@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import multiprocessing
 import os
 import threading
@@ -32,12 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from scarce import runs
-from scarce.runs import run_key, run_status, runs_by_key
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
+from scarce.runs import run_key, run_status, runs_by_key
 
 # ---------------------------------------------------------------- jobs and results
 

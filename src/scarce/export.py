@@ -17,7 +17,6 @@ anything is written, the exported model is run on probe tokens and must give sca
 """
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -225,8 +224,8 @@ def export_model(
 
 def export_run(run_dir: Path, out_dir: Path, verify: bool = True) -> Path:
     """Export a run's newest intact checkpoint (see `export_model`)."""
-    from scarce.evals.run import load_run_model
     from scarce.checkpoint import checkpoint_dirs
+    from scarce.evals.run import load_run_model
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def new_run_id(name: str) -> str:
     global _last_start_ms
     _last_start_ms = max(time.time_ns() // 1_000_000, _last_start_ms + 1)
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "run"
-    start = datetime.fromtimestamp(_last_start_ms / 1000, timezone.utc)
+    start = datetime.fromtimestamp(_last_start_ms / 1000, UTC)
     return f"{safe_name}-{start:%Y%m%d-%H%M%S}.{_last_start_ms % 1000:03d}-{secrets.token_hex(2)}"
 
 

@@ -10,14 +10,17 @@ from rich.table import Table
 from scarce.commands.options import ConfigArg, ExecutorOptions, Overrides, console, executor_options, load_run_config, write_json
 from scarce.errors import ScarceError
 
+
 def ensemble_train(
     config: ConfigArg = None,
     overrides: Overrides = None,
     k: Annotated[int, typer.Option("-k", "--members", help="Number of members K")] = 4,
-    vary: Annotated[str, typer.Option(help="Seeds that differ between members: seed (init), data_seed (data order), or both")] = "seed,data_seed",
+    vary: Annotated[str, typer.Option(
+        help="Seeds that differ between members: seed (init), data_seed (data order), or both")] = "seed,data_seed",
     member_heuristic: Annotated[bool, typer.Option(help="Members get 2× epochs (≤ 128) and ½ weight decay (≥ 0.1)")] = False,
     study: Annotated[Optional[str], typer.Option(help="Study name recorded in every member's config (default NAME-ensemble)")] = None,
-    executor: Annotated[str, typer.Option(help="auto (fastest measured), batched (vmap, one process), local (a process pool), serial, submitit or ray")] = "auto",
+    executor: Annotated[str, typer.Option(
+        help="auto (fastest measured), batched (vmap, one process), local (a process pool), serial, submitit or ray")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Runs at once (local: default one per CPU core, or per GPU)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (local on CPU: default 1)")] = None,
     executor_option: ExecutorOptions = None,
@@ -26,7 +29,8 @@ def ensemble_train(
     """Train K members of an ensemble: the same config, different seeds. Resumable: finished members are reused."""
     from scarce.studies.ensemble import member_configs, member_executor, train_members
 
-    configs = member_configs(load_run_config(config, overrides), k, tuple(v.strip() for v in vary.split(",") if v.strip()), member_heuristic, study)
+    varied = tuple(v.strip() for v in vary.split(",") if v.strip())
+    configs = member_configs(load_run_config(config, overrides), k, varied, member_heuristic, study)
     chosen = member_executor(executor, configs, workers, threads, progress, **executor_options(executor_option))
     run_dirs = train_members(configs, chosen, progress=progress, console=console)
     console.print(f"{len(run_dirs)} members of study {configs[0].study}:")
@@ -106,10 +110,13 @@ def distill(
     config: ConfigArg = None,
     overrides: Overrides = None,
     teacher: Annotated[list[Path], typer.Option(help="A teacher run directory; repeat for an ensemble")] = [],  # noqa: B006
-    mode: Annotated[str, typer.Option(help="sequence (train on teacher samples mixed with real data) or token (KL on real text)")] = "sequence",
-    weight: Annotated[Optional[float], typer.Option(help="sequence: synthetic fraction w (default 0.9, self 0.75); token: KL weight (0.5)")] = None,
+    mode: Annotated[str, typer.Option(
+        help="sequence (train on teacher samples mixed with real data) or token (KL on real text)")] = "sequence",
+    weight: Annotated[Optional[float], typer.Option(
+        help="sequence: synthetic fraction w (default 0.9, self 0.75); token: KL weight (0.5)")] = None,
     synthetic: Annotated[Optional[Path], typer.Option(help="Reuse this synthetic token file instead of sampling")] = None,
-    synthetic_tokens: Annotated[Optional[int], typer.Option(help="Tokens the teachers sample (default: the student's unique tokens D)")] = None,
+    synthetic_tokens: Annotated[Optional[int], typer.Option(
+        help="Tokens the teachers sample (default: the student's unique tokens D)")] = None,
     sample_batch_size: int = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     single_loss: Annotated[Optional[float], typer.Option(help="L_single for the retained fraction (default: the teachers' mean)")] = None,

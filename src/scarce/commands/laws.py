@@ -15,8 +15,16 @@ from scarce.laws.compare import compare_laws
 from scarce.laws.derived import asymptote, data_efficiency, effective_data, estimate, tiered_asymptote
 from scarce.laws.fit import LOSSES, check_options, fit_law
 from scarce.laws.forms import LAWS, Law, PowerLaw, WithDataMultiplier, build_law
-from scarce.laws.io import (best_per_x, fit_to_json, law_from_fit_json, parse_mapping, points_from_rows,
-                            read_points_csv, tiered_to_json, write_json)
+from scarce.laws.io import (
+    best_per_x,
+    fit_to_json,
+    law_from_fit_json,
+    parse_mapping,
+    points_from_rows,
+    read_points_csv,
+    tiered_to_json,
+    write_json,
+)
 from scarce.laws.plan import plan as plan_budget
 
 

@@ -21,7 +21,8 @@ Workers = Annotated[Optional[int], typer.Option(help="Runs at once; default: loc
 Threads = Annotated[Optional[int], typer.Option(help="Torch threads (CPUs) per run; default 1 (local on CUDA: cores / workers)")]
 ExecutorOptions = Annotated[Optional[list[str]], typer.Option(
     "--executor-option", help="KEY=VALUE for the executor, e.g. slurm_partition=gpu, cluster=local, address=auto")]
-Name = Annotated[Optional[str], typer.Option(help="Study name (runs get study=NAME); default: derived from the config, so the same command resumes")]
+Name = Annotated[Optional[str], typer.Option(
+    help="Study name (runs get study=NAME); default: derived from the config, so the same command resumes")]
 Live = Annotated[bool, typer.Option(help="Show the live display of runs done / running / failed")]
 
 

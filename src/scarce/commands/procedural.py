@@ -45,8 +45,8 @@ def sample(
     import numpy as np
 
     from scarce.atomic import write_bytes_atomic
-    from scarce.procedural.registry import get_task, parse_params
     from scarce.errors import ScarceError
+    from scarce.procedural.registry import get_task, parse_params
 
     if n < 1:
         raise ScarceError(f"-n must be at least 1, got {n}")

@@ -10,8 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scarce.commands.options import (ExecutorName, ExecutorOptions, Live, Threads, Workers, build_executor, console,
-                                     resumable)
+from scarce.commands.options import ExecutorName, ExecutorOptions, Live, Threads, Workers, build_executor, console, resumable
 from scarce.errors import ScarceError
 
 

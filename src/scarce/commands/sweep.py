@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from scarce.commands.options import (ConfigArg, ExecutorName, ExecutorOptions, Live, Name, Overrides, Threads, Workers,
-                                     build_executor, console, load_run_config, resumable)
+from scarce.commands.options import (
+    ConfigArg,
+    ExecutorName,
+    ExecutorOptions,
+    Live,
+    Name,
+    Overrides,
+    Threads,
+    Workers,
+    build_executor,
+    console,
+    load_run_config,
+    resumable,
+)
 from scarce.errors import ScarceError
+
 
 def sweep(
     config: ConfigArg = None,

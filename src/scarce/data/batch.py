@@ -5,11 +5,11 @@ addressable by step, so `state_dict()` / `load_state_dict()` make resume exact, 
 accounting (tokens seen, unique tokens, epochs). The sources by name: scarce.data.sources.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
-
 
 
 @dataclass

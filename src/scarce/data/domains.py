@@ -25,10 +25,20 @@ import torch
 from rich.console import Console
 
 from scarce.config import DataConfig, RunConfig
-from scarce.data.corpora import corpus_fingerprint
 from scarce.data.batch import Batch
-from scarce.data.store import (STORE_FORMAT_VERSION, EvalSample, TokenStore, build_into, fit_tokenizer, open_store,
-                               prepare_store, split_corpus, tokenizing_progress, write_split)
+from scarce.data.corpora import corpus_fingerprint
+from scarce.data.store import (
+    STORE_FORMAT_VERSION,
+    EvalSample,
+    TokenStore,
+    build_into,
+    fit_tokenizer,
+    open_store,
+    prepare_store,
+    split_corpus,
+    tokenizing_progress,
+    write_split,
+)
 from scarce.data.tokenizer import Tokenizer
 from scarce.errors import ScarceError
 from scarce.paths import scarce_home
@@ -254,7 +264,7 @@ class DomainMixture:
 
 
 
-def mixture_source(config: RunConfig, store: "DomainStore", rank: int = 0, world_size: int = 1) -> "DomainMixture":
+def mixture_source(config: RunConfig, store: DomainStore, rank: int = 0, world_size: int = 1) -> DomainMixture:
     return build_mixture(config, store, config.train.tokens, rank, world_size)
 
 

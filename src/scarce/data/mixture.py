@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from scarce.atomic import write_bytes_atomic, write_json_atomic
-from scarce.data.loader import EpochLoader
 from scarce.data.batch import Batch, BatchSource
+from scarce.data.loader import EpochLoader
 from scarce.data.store import TokenStore, token_dtype
 from scarce.errors import ScarceError
 

@@ -22,8 +22,8 @@ what the FLOPs follow), counted_targets the positions whose loss counted. A stre
 of unique tokens: unique_tokens is 0, and epochs_completed is always 0.0.
 """
 
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Iterator
 
 import numpy as np
 import torch

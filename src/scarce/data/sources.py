@@ -10,7 +10,7 @@ The names are checked when a config is parsed (scarce.config.SOURCE_NAMES, held 
 a test); adding a source is one line here and its name there.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from scarce.data.batch import BatchSource
 from scarce.data.domains import mixture_source, prepare_data

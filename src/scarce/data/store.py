@@ -9,7 +9,8 @@ Layout of a store directory:
 
 The validation split is a set of whole documents picked by a seeded permutation, so it is the same for
 every training budget. An evaluation scores a fixed, seeded sample of whole validation documents
-(`TokenStore.eval_sample`), so bits per byte divides by the bytes of exactly the text it scored. The tokenizer is trained on the training documents only (no peeking at val). A
+(`TokenStore.eval_sample`), so bits per byte divides by the bytes of exactly the text it scored. The
+tokenizer is trained on the training documents only (no peeking at val). A
 budget of D unique tokens is the first D tokens of train.bin, so budgets are nested prefixes.
 
 A store is built in a temporary directory beside its target and renamed into place at the end: a store

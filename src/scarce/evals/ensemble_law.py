@@ -21,9 +21,9 @@ def fit_ensemble_law(losses_by_k: list[dict]) -> dict:
 
 def plot_ensemble(result: dict, path: Path) -> Path:
     """Loss against members K (log axis), with the fitted law drawn past K and its asymptote E."""
-    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
-
     import matplotlib.pyplot as plt
+
+    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
 
     ks = np.array([p["k"] for p in result["losses_by_k"]], dtype=float)
     losses = np.array([p["loss"] for p in result["losses_by_k"]])

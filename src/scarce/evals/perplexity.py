@@ -35,7 +35,8 @@ def evaluate(
 ) -> dict:
     """Mean next-token loss over an evaluation sample, and its bits per byte.
 
-    `sample` is `store.eval_sample(eval_tokens)`: whole validation documents, the same at every call, so losses compare across steps and runs, and
+    `sample` is `store.eval_sample(eval_tokens)`: whole validation documents, the same at every call, so
+    losses compare across steps and runs, and
     bits/byte divides by the bytes of exactly the text scored. The stream is cut into windows of `seq_len`
     predictions; every token after the first is scored once. Under data parallel each rank takes every
     world_size-th window and the sums are all-reduced.

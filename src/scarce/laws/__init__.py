@@ -8,12 +8,32 @@ See docs/laws.md for the forms, the fitting procedure, derived quantities and th
 """
 
 from scarce.laws.compare import Comparison, compare_laws
-from scarce.laws.derived import (Estimate, TieredAsymptote, asymptote, data_efficiency, effective_data,
-                                 effective_data_multiplier, estimate, tiered_asymptote)
+from scarce.laws.derived import (
+                                 Estimate,
+                                 TieredAsymptote,
+                                 asymptote,
+                                 data_efficiency,
+                                 effective_data,
+                                 effective_data_multiplier,
+                                 estimate,
+                                 tiered_asymptote,
+)
 from scarce.laws.fit import FitReport, fit_law
-from scarce.laws.forms import (LAWS, Chinchilla, CustomLaw, DataConstrained, Law, Parameter, PowerLaw, SoftQ,
-                               SpecializationAdditive, SpecializationTransfer, WithDataMultiplier, get_law,
-                               law_from_dict)
+from scarce.laws.forms import (
+                                 LAWS,
+                                 Chinchilla,
+                                 CustomLaw,
+                                 DataConstrained,
+                                 Law,
+                                 Parameter,
+                                 PowerLaw,
+                                 SoftQ,
+                                 SpecializationAdditive,
+                                 SpecializationTransfer,
+                                 WithDataMultiplier,
+                                 get_law,
+                                 law_from_dict,
+)
 from scarce.laws.io import law_from_fit_json
 from scarce.laws.plan import plan
 

@@ -4,8 +4,8 @@ effective data and data efficiency (docs/methods.md §1), and the effective-data
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 

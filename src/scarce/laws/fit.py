@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Mapping
 
 import numpy as np
 from scipy.optimize import minimize
@@ -87,7 +87,7 @@ class FitReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "FitReport":
+    def from_dict(cls, data: Mapping) -> FitReport:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -175,11 +175,11 @@ class Problem:
         return total, slope @ grad[0]
 
 
-    def rows(self, index: np.ndarray) -> "Problem":
+    def rows(self, index: np.ndarray) -> Problem:
         """The problems of some rows: itself when every row shares y."""
         return self if self.y.ndim == 1 else replace(self, y=self.y[index])
 
-    def row(self, i: int) -> "Problem":
+    def row(self, i: int) -> Problem:
         """The single problem of row i (one y per point)."""
         return self if self.y.ndim == 1 else replace(self, y=self.y[i])
 

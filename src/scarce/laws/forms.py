@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -210,7 +211,7 @@ class Law:
             raise ScarceError(f"{self.name}: the law is not fitted yet; call fit() or pass params=")
         return self.params_
 
-    def fit(self, x, y, **options) -> "Law":
+    def fit(self, x, y, **options) -> Law:
         """Fit to points; see `scarce.laws.fit.fit_law` for the options (loss, delta, bootstrap, ...)."""
         from scarce.laws.fit import fit_law
 
@@ -475,7 +476,7 @@ class CustomLaw(Law):
             for s in range(theta.shape[0]):
                 row = self._call({k: float(v[s, 0]) for k, v in natural.items()}, x)
                 if row.shape not in ((n,), ()):
-                    raise ScarceError(f"custom law {self.name!r} returned shape {row.shape} for {n} points")
+                    raise ScarceError(f"custom law {self.name!r} returned shape {row.shape} for {n} points") from None
                 values[s] = row
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(values > 0, np.log(np.where(values > 0, values, 1.0)), np.nan)

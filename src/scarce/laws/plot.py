@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -16,9 +16,9 @@ def plot_fit(law: Law, x: Mapping[str, np.ndarray], y: np.ndarray, path: Path, a
     """Left: loss against `along` (default: the law's first variable), one curve per combination of the
     other variables, drawn past the largest point to show the extrapolation, with the asymptote E as a
     dashed line. Right: observed against predicted loss."""
-    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
-
     import matplotlib.pyplot as plt
+
+    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
 
     along = along or law.variables[0]
     others = [v for v in law.variables if v != along]
@@ -76,9 +76,9 @@ def plot_fit(law: Law, x: Mapping[str, np.ndarray], y: np.ndarray, path: Path, a
 def plot_tiered(tiers, path: Path) -> Path:
     """One panel per level of a tiered asymptote: each group's values against the level's variable with
     its fitted power law (extended 10× past the largest value) and its asymptote as a dashed line."""
-    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
-
     import matplotlib.pyplot as plt
+
+    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
 
     fig, axes = plt.subplots(1, len(tiers.levels), figsize=(5 * len(tiers.levels), 4.2), squeeze=False)
     cmap = plt.get_cmap("viridis")

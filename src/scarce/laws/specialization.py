@@ -23,7 +23,7 @@ specialist; the rest use the general model (D'_i = 0).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
@@ -291,9 +291,9 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
 
 def plot_domains(document: Mapping, points: Sequence, path) -> object:
     """Observed against predicted loss, one panel per domain, one colour per law (its fit on all points)."""
-    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
-
     import matplotlib.pyplot as plt
+
+    from scarce.report import save_figure  # first: it selects matplotlib's file-only backend
 
     domains = [d for d, entry in document["domains"].items() if "error" not in entry]
     if not domains:

@@ -25,7 +25,6 @@ import numpy as np
 from pydantic import Field
 
 from scarce.procedural.base import TOKEN_DTYPE, Examples, Task
-from scarce.errors import ScarceError
 
 HELDOUT_EXAMPLES = 4000
 HELDOUT_SEED = 2601_21725  # fixed: every run evaluates on the same examples, whatever its own seed

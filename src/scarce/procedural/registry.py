@@ -1,12 +1,12 @@
 """Every procedural task by name, and building one from `key=value` parameters."""
 
+from scarce.errors import ScarceError
 from scarce.procedural.automata import ECA
 from scarce.procedural.base import Task, make_task
 from scarce.procedural.copying import WW
+from scarce.procedural.diagnostics import DIAGNOSTICS
 from scarce.procedural.dyck import Dyck, DyckShuffle
 from scarce.procedural.sequences import Delete, Identity, Reverse, Set, Sort, Stack, Union
-from scarce.errors import ScarceError
-from scarce.procedural.diagnostics import DIAGNOSTICS
 
 TASKS: dict[str, type[Task]] = {
     task.name: task for task in (Dyck, DyckShuffle, Identity, Reverse, Sort, Set, Union, Delete, Stack, ECA, WW)

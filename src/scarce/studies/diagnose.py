@@ -15,9 +15,9 @@ from pathlib import Path
 from scarce import runs
 from scarce.atomic import write_json_atomic
 from scarce.config import TRANSFER_GROUPS, RunConfig, resolve_config
-from scarce.procedural.registry import TASKS, get_task
 from scarce.errors import ScarceError
 from scarce.procedural.diagnostics import DIAGNOSTICS, HELDOUT_EXAMPLES
+from scarce.procedural.registry import TASKS, get_task
 
 PAPER_STEPS, PAPER_BATCH = 10_000, 1000
 TINY_MODEL = {"size": "micro", "n_layers": 2, "d_model": 16, "n_heads": 4, "ffn_hidden": 64}

@@ -123,7 +123,8 @@ def trunk_configs(base: RunConfig, grid: Grid, study: str) -> list[RunConfig]:
     for size in grid.sizes:
         configs.append(resolve_config(_dump(base), [
             f"name={study}-{size}-trunk", f"study={study}", f"model.size={size}", "optim.schedule=wsd",
-            f"train.tokens={steps * step_tokens}", f"optim.decay_tokens={decay_steps(d_max, grid.decay_fraction, step_tokens) * step_tokens}",
+            f"train.tokens={steps * step_tokens}",
+            f"optim.decay_tokens={decay_steps(d_max, grid.decay_fraction, step_tokens) * step_tokens}",
             f"optim.warmup_tokens={warmup}", f"train.checkpoint_steps={points}", "train.keep_checkpoints=1",
         ]))
     return configs
@@ -208,7 +209,8 @@ def run_study(base: RunConfig, grid: Grid, study: str = "specialize", executor: 
     spec = {"grid": asdict(grid), "base_config": base.model_dump(mode="json")}
     with Study(study, base.runs_dir, "specialize", spec) as runner:
         console.print(f"specialize {study}: {len(grid.sizes)} size(s) × {len(grid.general_tokens)} D × "
-                      f"{sum(map(len, specialist_tokens(base, grid).values()))} (domain, D') on {executor.name}; manifest {runner.manifest_path}")
+                      f"{sum(map(len, specialist_tokens(base, grid).values()))} (domain, D') on {executor.name}; "
+                      f"manifest {runner.manifest_path}")
         stage = lambda what, configs: _run_stage(runner, what, configs, executor, console, live)
         trunks = stage("trunks", trunk_configs(base, grid, study))
         generals = trunks + stage("decay branches", branch_configs(trunks, grid, study))

@@ -27,15 +27,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scarce import runs
+from scarce.checkpoint import save_checkpoint
 from scarce.config import RunConfig
 from scarce.data.loader import EpochLoader
 from scarce.data.store import prepare_store
 from scarce.errors import ScarceError
 from scarce.evals.perplexity import evaluate
 from scarce.model import Transformer, model_shape
-from scarce.checkpoint import save_checkpoint
-from scarce.train.optim import build_optimizer, lr_at
 from scarce.train.distributed import pick_device
+from scarce.train.optim import build_optimizer, lr_at
 from scarce.train.trainer import code_version, now, tokens_per_step
 
 SEED_KEYS = ("seed", "data_seed")
@@ -56,7 +56,8 @@ def check_batchable(configs: list[RunConfig]) -> None:
     first = configs[0]
     for config in configs[1:]:
         if shared(config) != shared(first):
-            raise ScarceError(f"batched members must differ only by {', '.join(SEED_KEYS)} and name; {config.name} differs from {first.name}")
+            raise ScarceError(f"batched members must differ only by {', '.join(SEED_KEYS)} and name; "
+                              f"{config.name} differs from {first.name}")
     if first.model.dropout > 0:
         raise ScarceError("batched members need model.dropout=0 (vmap cannot draw each member's own dropout masks as its run would)")
     if first.objective.kind != "ntp" or first.distill.kind != "none" or first.init.from_run is not None:

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from scarce import runs
+from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
 from scarce.config import InitConfig, RunConfig
 from scarce.errors import ScarceError
 from scarce.model import Transformer, weight_group
 from scarce.train.optim import lr_at
-from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
 
 
 def load_source_checkpoint(cfg: InitConfig) -> tuple[dict, dict, int]:

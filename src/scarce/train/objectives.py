@@ -158,7 +158,8 @@ def token_distillation(config, shape, device) -> TokenDistillation:
     from scarce.evals.run import load_run_model
 
     if config.objective.kind != "ntp":
-        raise ScarceError(f"distill.kind='token' mixes KL with plain next-token loss; objective.kind={config.objective.kind!r} must be 'ntp'")
+        raise ScarceError(f"distill.kind='token' mixes KL with plain next-token loss; "
+                          f"objective.kind={config.objective.kind!r} must be 'ntp'")
     teachers = []
     for run_dir in config.distill.teachers:
         check_same_data([(Path("the student"), config), (Path(run_dir), RunConfig.model_validate(runs.read_config(run_dir)))],

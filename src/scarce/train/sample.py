@@ -14,8 +14,8 @@ every step instead; the tests check both give the same documents.
 """
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -17,7 +17,7 @@ import subprocess
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -27,8 +27,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import scarce
 from scarce import runs
-from scarce.config import RunConfig
 from scarce.checkpoint import load_latest_checkpoint, save_checkpoint
+from scarce.config import RunConfig
 from scarce.data.batch import Batch, BatchSource
 from scarce.data.domains import DomainMixture, DomainStore, domain_summary
 from scarce.data.loader import EpochLoader
@@ -37,10 +37,10 @@ from scarce.data.store import EvalSample, TokenStore
 from scarce.errors import ScarceError
 from scarce.evals.score import score
 from scarce.model import ModelShape, Transformer, model_shape
+from scarce.train.distributed import Distributed, broadcast, pick_device, setup_distributed
 from scarce.train.init import continuation, initialize
 from scarce.train.objectives import build_objective
 from scarce.train.optim import build_optimizer, lr_at
-from scarce.train.distributed import Distributed, broadcast, pick_device, setup_distributed
 from scarce.train.warmup import run_stages_before, stage_init
 
 # train.compile = "auto": compile where benchmarks/bench_train.py measured it faster (results/train.json).
@@ -58,7 +58,7 @@ def code_version() -> str:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -23,11 +23,11 @@ from pathlib import Path
 from rich.console import Console
 
 from scarce import runs
-from scarce.runs import run_key, run_status, runs_by_key
-from scarce.config import InitConfig, ProceduralConfig, RunConfig
-from scarce.errors import ScarceError
-from scarce.train.distributed import broadcast, pick_device, setup_distributed
 from scarce.checkpoint import checkpoint_dirs
+from scarce.config import InitConfig, RunConfig
+from scarce.errors import ScarceError
+from scarce.runs import run_key, run_status, runs_by_key
+from scarce.train.distributed import broadcast, pick_device, setup_distributed
 
 # Keys that shape a warm-up (besides the procedural section): the model, seeds and how it runs.
 WARMUP_TRAIN_KEYS = {"seed", "data_seed", "grad_accum", "device", "compile", "log_every", "checkpoint_every", "keep_checkpoints"}

@@ -15,8 +15,10 @@ from scarce.errors import ScarceError
 
 def main() -> None:
     try:
-        from scarce.evals.harness import TASKS_DIR
-        from scarce.evals.harness import adapter  # noqa: F401  (registers the model `scarce`)
+        from scarce.evals.harness import (
+            TASKS_DIR,
+            adapter,  # noqa: F401  (registers the model `scarce`)
+        )
     except ScarceError as e:
         sys.exit(f"error: {e}")
     from lm_eval.__main__ import cli_evaluate

@@ -34,11 +34,19 @@ from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import Executor
 from scarce.runs_jsonl import RUNS_JSONL_FILE, write_runs_jsonl
-from scarce.studies.study.design import (ANALYSIS_FRACTION, Design, Inputs, base_config, check_inputs, design_or_resume,
-                                         design_study, step_tokens, write_design)
+from scarce.studies.study.design import (
+    ANALYSIS_FRACTION,
+    Design,
+    Inputs,
+    base_config,
+    check_inputs,
+    design_or_resume,
+    design_study,
+    step_tokens,
+    write_design,
+)
 from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, Effect, estimate_multiplier, judge, measure_effects
-from scarce.studies.study.extrapolation import (asymptote_at, compare_forms, extrapolate, law_candidates,
-                                                measured_scale, predict_recipe)
+from scarce.studies.study.extrapolation import asymptote_at, compare_forms, extrapolate, law_candidates, measured_scale, predict_recipe
 from scarce.studies.study.interventions import INTERVENTIONS, STANDARD_WEIGHT_DECAY, Intervention, select_interventions
 from scarce.studies.study.running import StudyRuns, run_study
 

@@ -15,8 +15,13 @@ from rich.console import Console
 from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig, resolve_config
 from scarce.errors import ScarceError
-from scarce.studies.study.interventions import (DISTILL_WEIGHT, PROCEDURAL_FRACTION, STANDARD_WEIGHT_DECAY,
-                                                Intervention, select_interventions)
+from scarce.studies.study.interventions import (
+    DISTILL_WEIGHT,
+    PROCEDURAL_FRACTION,
+    STANDARD_WEIGHT_DECAY,
+    Intervention,
+    select_interventions,
+)
 
 STUDY_NAME = "study"  # the study's runs in DIR/runs carry study = "study"
 DESIGN_FILE = "design.json"
@@ -257,8 +262,8 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             continue
 
         def fits(steps: int) -> bool:
-            budgets = nested_budgets(steps * step, level.budgets, step)
-            return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds
+            budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (fits is called in this iteration)
+            return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
 
         cap = inputs.unique_tokens // step
         lo, hi = 0, 1

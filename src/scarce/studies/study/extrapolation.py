@@ -13,8 +13,8 @@ from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.studies.study.design import Inputs
 from scarce.studies.study.estimates import Effect, law_points
-from scarce.studies.study.running import Row
 from scarce.studies.study.interventions import STANDARD_WEIGHT_DECAY
+from scarce.studies.study.running import Row
 
 MUENNIGHOFF_R_STAR_D = 15.4  # Muennighoff et al. 2023's fitted repetition constant
 
@@ -22,7 +22,8 @@ def law_candidates() -> dict[str, Any]:
     from scarce.laws import DataConstrained
 
     return {"data-constrained (R*_D fitted)": DataConstrained(),
-            f"data-constrained (R*_D = {MUENNIGHOFF_R_STAR_D}, Muennighoff et al.)": DataConstrained(fixed={"R_star_D": MUENNIGHOFF_R_STAR_D})}
+            f"data-constrained (R*_D = {MUENNIGHOFF_R_STAR_D}, Muennighoff et al.)":
+                DataConstrained(fixed={"R_star_D": MUENNIGHOFF_R_STAR_D})}
 
 
 def compare_forms(rows: Sequence[Row]) -> dict:

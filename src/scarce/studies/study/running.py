@@ -22,6 +22,7 @@ from scarce.studies.study.design import STUDY_NAME, Design, grid_cells, syntheti
 from scarce.studies.study.interventions import DISTILL_WEIGHT, Intervention
 from scarce.studies.sweep import Outcome, Study, point_config
 
+
 @dataclass
 class Row:
     """One finished run, as the estimates and the report see it."""
