@@ -45,9 +45,9 @@ def test_each_domains_evaluation_scores_only_its_own_held_out_documents(domain_p
     samples = store.eval_sample(None)
     for name, sample in samples.items():
         held_out = {json.loads(line)["text"] for i, line in enumerate(open(domain_paths[name]))
-                    if i in set(store.domains[name].meta["val_document_ids"])}
+                    if i in set(store.domains[name].document_array("val_document_ids").tolist())}
         trained = {json.loads(line)["text"] for i, line in enumerate(open(domain_paths[name]))
-                   if i in set(store.domains[name].meta["train_document_ids"])}
+                   if i in set(store.domains[name].document_array("train_document_ids").tolist())}
         text = store.tokenizer.decode(sample.tokens.tolist())
         scored = [doc for doc in text.split("<|endoftext|>") if doc]
         assert set(scored) == held_out and not set(scored) & trained

@@ -41,7 +41,7 @@ def model(store):
 
 def document_tokens(store, i):
     """Validation document i's tokens, its closing eot included."""
-    starts = store.meta["val_document_offsets"] + [store.val_token_count]
+    starts = store.document_array("val_document_offsets").tolist() + [store.val_token_count]
     return store.val_tokens[starts[i] : starts[i + 1]]
 
 
@@ -63,7 +63,7 @@ def test_sample_is_seeded_whole_documents_spread_over_the_split(store):
 def test_sample_bytes_are_the_text_of_exactly_the_sampled_documents(store):
     documents = load_documents(store.meta["source"])
     sample = store.eval_sample(store.val_token_count // 4)
-    val_ids = store.meta["val_document_ids"]
+    val_ids = store.document_array("val_document_ids").tolist()
     assert sample.bytes == sum(len(documents[val_ids[i]].encode("utf-8")) for i in sample.document_ids)
     whole = store.eval_sample(None)
     assert whole.bytes == store.val_bytes and np.array_equal(whole.tokens[1:], store.val_tokens)

@@ -25,19 +25,21 @@ def prepare(corpus, root, **kwargs):
 
 def test_store_layout_and_meta(corpus, tmp_path):
     store = prepare(corpus, tmp_path / "data")
-    assert {p.name for p in store.path.iterdir()} == {"train.bin", "val.bin", "meta.json", "tokenizer.json"}
+    arrays = {f"{name}.npy" for name in store_module.DOCUMENT_ARRAYS}
+    assert {p.name for p in store.path.iterdir()} == {"train.bin", "val.bin", "meta.json", "tokenizer.json", *arrays}
+    assert not [key for key in store.meta if key.endswith(("_ids", "_offsets", "_document_bytes"))]  # no JSON lists
     assert store.path.name.startswith("corpus-")
     assert store.train_tokens.dtype == np.uint16 and store.meta["dtype"] == "uint16"
     assert (store.meta["train_documents"], store.meta["val_documents"]) == (36, 4)
     assert store.train_token_count == len(store.train_tokens) and store.val_token_count == len(store.val_tokens)
     assert not store.train_tokens.flags.writeable
     documents = load_documents(corpus)
-    val_text = [documents[i] for i in store.meta["val_document_ids"]]
+    val_text = [documents[i] for i in store.document_array("val_document_ids").tolist()]
     assert store.val_bytes == sum(len(doc.encode()) for doc in val_text)
     # Every document is followed by eot, and the offsets point at document starts.
     assert int((store.train_tokens == store.eot_id).sum()) == 36 and store.train_tokens[-1] == store.eot_id
-    offsets = store.meta["train_document_offsets"]
-    first_id = store.meta["train_document_ids"][0]
+    offsets = store.document_array("train_document_offsets").tolist()
+    first_id = store.document_array("train_document_ids").tolist()[0]
     assert store.tokenizer.decode(store.train_tokens[offsets[0] : offsets[1] - 1].tolist()) == documents[first_id]
     assert store.tokenizer.fingerprint == store.meta["tokenizer_fingerprint"]
 
@@ -45,23 +47,23 @@ def test_store_layout_and_meta(corpus, tmp_path):
 def test_val_split_is_stable_and_disjoint(corpus, tmp_path):
     a = prepare(corpus, tmp_path / "a")
     b = prepare(corpus, tmp_path / "b")
-    assert a.meta["val_document_ids"] == b.meta["val_document_ids"]
+    assert a.document_array("val_document_ids").tolist() == b.document_array("val_document_ids").tolist()
     assert np.array_equal(a.val_tokens, b.val_tokens)
-    train_ids, val_ids = set(a.meta["train_document_ids"]), set(a.meta["val_document_ids"])
+    train_ids, val_ids = set(a.document_array("train_document_ids").tolist()), set(a.document_array("val_document_ids").tolist())
     assert not train_ids & val_ids and train_ids | val_ids == set(range(40))
     reseeded = prepare(corpus, tmp_path / "c", split_seed=1)
-    assert reseeded.meta["val_document_ids"] != a.meta["val_document_ids"]
+    assert reseeded.document_array("val_document_ids").tolist() != a.document_array("val_document_ids").tolist()
 
 
 def test_train_order_is_shuffled_not_corpus_order(corpus, tmp_path):
-    ids = prepare(corpus, tmp_path).meta["train_document_ids"]
+    ids = prepare(corpus, tmp_path).document_array("train_document_ids").tolist()
     assert ids != sorted(ids)
 
 
 def test_tokenizer_never_sees_validation_documents(corpus, tmp_path):
     store = prepare(corpus, tmp_path)
     documents = load_documents(corpus)
-    train_only = train_bpe([documents[i] for i in store.meta["train_document_ids"]], vocab_size=300)
+    train_only = train_bpe([documents[i] for i in store.document_array("train_document_ids").tolist()], vocab_size=300)
     assert store.tokenizer.fingerprint == train_only.fingerprint
     assert train_bpe(documents, vocab_size=300).fingerprint != train_only.fingerprint
 
@@ -89,7 +91,7 @@ def test_second_prepare_opens_the_cache(corpus, tmp_path, monkeypatch):
     def no_retokenizing(*args, **kwargs):
         raise AssertionError("the cached store should have been opened, not rebuilt")
 
-    monkeypatch.setattr(store_module, "load_documents", no_retokenizing)
+    monkeypatch.setattr(store_module, "corpus_pieces", no_retokenizing)
     second = prepare(corpus, tmp_path)
     assert second.path == first.path and (second.path / "train.bin").stat().st_mtime_ns == mtime
 
@@ -119,9 +121,12 @@ def test_failed_prepare_leaves_no_partial_store(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "write_json_atomic", crash)  # fails after the token files are written
     with pytest.raises(RuntimeError, match="disk full"):
         prepare(corpus, tmp_path / "data")
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["tokenizers"]  # no store, no temp dir
+    # no store and no temporary directory; only the tokenizer cache and the parts a retry resumes from
+    left = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert left[0].startswith(".corpus-") and left[0].endswith(".parts") and left[1:] == ["tokenizers"]
     monkeypatch.undo()
     assert prepare(corpus, tmp_path / "data").train_token_count > 0  # and a retry builds it
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")] == []  # parts cleaned up
 
 
 def test_open_store_rejects_missing_and_corrupt_meta(corpus, tmp_path):
@@ -136,18 +141,47 @@ def test_open_store_rejects_missing_and_corrupt_meta(corpus, tmp_path):
 def test_store_of_an_older_format_is_not_misread(corpus, tmp_path, monkeypatch):
     store = prepare(corpus, tmp_path / "data")
     meta = json.loads((store.path / "meta.json").read_text())
-    assert meta["format_version"] == store_module.STORE_FORMAT_VERSION == 2
+    assert meta["format_version"] == store_module.STORE_FORMAT_VERSION == 3
     documents = load_documents(corpus)
-    assert meta["val_document_bytes"] == [len(documents[i].encode()) for i in meta["val_document_ids"]]
+    val_ids = store.document_array("val_document_ids").tolist()
+    assert store.document_array("val_document_bytes").tolist() == [len(documents[i].encode()) for i in val_ids]
     # The format is part of the cache key, so a prepare never finds a store built by another format...
-    monkeypatch.setattr(store_module, "STORE_FORMAT_VERSION", 3)
+    monkeypatch.setattr(store_module, "STORE_FORMAT_VERSION", 4)
+    monkeypatch.setattr(store_module, "READABLE_FORMATS", (2, 3, 4))
     assert prepare(corpus, tmp_path / "data").path != store.path
     monkeypatch.undo()
     # ...and opening one by path refuses it by name instead of misreading it.
-    meta["format_version"] = 1
+    (store.path / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ScarceError, match="format 1, this scarce reads formats 2, 3"):
+        open_store(store.path)
+
+
+def test_a_format_2_store_still_opens_with_its_arrays_in_meta_json(corpus, tmp_path):
+    """Format 2 kept the per-document arrays as JSON lists in meta.json; the tokens were laid out the same."""
+    store = prepare(corpus, tmp_path / "data")
+    expected = {name: store.document_array(name).tolist() for name in store_module.DOCUMENT_ARRAYS}
+    sample = store.eval_sample(store.val_token_count // 2)
+    meta = {**json.loads((store.path / "meta.json").read_text()), "format_version": 2, **expected}
+    (store.path / "meta.json").write_text(json.dumps(meta))
+    for name in store_module.DOCUMENT_ARRAYS:
+        (store.path / f"{name}.npy").unlink()
+    old = open_store(store.path)
+    assert {name: old.document_array(name).tolist() for name in store_module.DOCUMENT_ARRAYS} == expected
+    old_sample = old.eval_sample(store.val_token_count // 2)
+    assert np.array_equal(old_sample.tokens, sample.tokens) and old_sample.bytes == sample.bytes
     del meta["val_document_bytes"]
     (store.path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ScarceError, match="format 1, this scarce reads format 2"):
+    with pytest.raises(ScarceError, match="lacks val_document_bytes"):
+        open_store(store.path)
+
+
+def test_a_missing_document_array_is_detected(corpus, tmp_path):
+    store = prepare(corpus, tmp_path)
+    np.save(store.path / "val_document_offsets.npy", np.zeros(1, dtype=np.int64))
+    with pytest.raises(ScarceError, match="val_document_offsets holds 1 documents, meta.json says 4"):
+        open_store(store.path)
+    (store.path / "val_document_offsets.npy").unlink()
+    with pytest.raises(ScarceError, match="val_document_offsets holds unreadable"):
         open_store(store.path)
 
 

@@ -45,6 +45,8 @@ class DataConfig(Section):
     vocab_size: int = Field(8192, ge=258)  # for "bpe"; "gpt2" has its own
     val_fraction: float = Field(0.05, gt=0, lt=1)
     split_seed: int = Field(0, ge=0)  # which documents are held out, and the order budgets are cut from
+    text_field: str = Field("text", min_length=1)  # the JSON field / Parquet or Arrow column holding each document
+    bpe_sample_bytes: int = Field(128 * 2**20, ge=1)  # "bpe" trains on at most this much training text (a seeded sample)
     unique_tokens: int | None = Field(None, ge=2)  # D; None: the whole training split
     eval_tokens: int | None = Field(65536, ge=1)  # validation tokens per evaluation (per domain); None: all
     # A corpus of labelled domains sharing one tokenizer, instead of `corpus`: {name = weight} or
@@ -83,7 +85,8 @@ class DataConfig(Section):
     def store_options(self) -> dict:
         """Keyword arguments of scarce.data.store.prepare_store for this corpus."""
         return dict(
-            tokenizer=self.tokenizer, vocab_size=self.vocab_size, val_fraction=self.val_fraction, split_seed=self.split_seed
+            tokenizer=self.tokenizer, vocab_size=self.vocab_size, val_fraction=self.val_fraction, split_seed=self.split_seed,
+            text_field=self.text_field, bpe_sample_bytes=self.bpe_sample_bytes,
         )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +29,20 @@ from scarce.config import DataConfig, RunConfig
 from scarce.data.batch import Batch
 from scarce.data.corpora import corpus_fingerprint
 from scarce.data.store import (
+    BPE_SAMPLE_BYTES,
     STORE_FORMAT_VERSION,
     EvalSample,
     TokenStore,
     build_into,
+    check_store_options,
+    default_workers,
     fit_tokenizer,
     open_store,
     prepare_store,
-    split_corpus,
+    scan_corpus,
     tokenizing_progress,
-    write_split,
+    work_dir,
+    write_corpus,
 )
 from scarce.data.tokenizer import Tokenizer
 from scarce.errors import ScarceError
@@ -93,35 +98,46 @@ def prepare_domain_store(
     vocab_size: int = 8192,
     val_fraction: float = 0.05,
     split_seed: int = 0,
+    text_field: str = "text",
+    bpe_sample_bytes: int = BPE_SAMPLE_BYTES,
     root: Path | None = None,
+    workers: int | None = None,
 ) -> DomainStore:
     """Tokenize every domain (name -> source) with one shared tokenizer, or open the cached store."""
+    check_store_options(tokenizer, val_fraction, text_field, bpe_sample_bytes)
     root = Path(root) if root is not None else scarce_home() / "data"
-    prints = {name: corpus_fingerprint(source) for name, source in sources.items()}
-    key_vocab = vocab_size if tokenizer == "bpe" else "gpt2"
+    prints = {name: corpus_fingerprint(source, text_field) for name, source in sources.items()}
+    key_vocab = f"{vocab_size}:{bpe_sample_bytes}" if tokenizer == "bpe" else "gpt2"
     key = f"domains-v{DOMAIN_STORE_VERSION}-store-v{STORE_FORMAT_VERSION}:{sorted(prints.items())}:{tokenizer}:" \
           f"{key_vocab}:{val_fraction!r}:{split_seed}"
     target = root / f"domains-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (target / "complete").is_file():
-        _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, root)
+        _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, text_field, bpe_sample_bytes,
+               root, workers or default_workers())
     return DomainStore(target, {name: open_store(target / name) for name in sources})
 
 
-def _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, root) -> None:
-    splits = {name: split_corpus(source, val_fraction, split_seed, f"data.domains.{name}: corpus", prints[name])
-              for name, source in sources.items()}
+def _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, text_field, bpe_sample_bytes,
+           root, workers) -> None:
     console = Console(stderr=True)
-    every = [doc for split in splits.values() for doc in split.train]
-    tok = fit_tokenizer(tokenizer, vocab_size, every, root, console, f" of {len(splits)} domains")
+    with tokenizing_progress(console) as progress:
+        corpora = {name: scan_corpus(source, val_fraction, split_seed, work_dir(target) / name, text_field=text_field,
+                                     fingerprint=prints[name], workers=workers, progress=progress,
+                                     where=f"data.domains.{name}: corpus")
+                   for name, source in sources.items()}
+    tok, sample = fit_tokenizer(tokenizer, vocab_size, list(corpora.values()), bpe_sample_bytes, root, console, workers,
+                                f" of {len(corpora)} domains")
 
     def write(folder: Path) -> None:
         with tokenizing_progress(console) as progress:
-            for name, split in splits.items():
+            for name, corpus in corpora.items():
                 (folder / name).mkdir()
-                write_split(folder / name, split, tok, progress, name, val_fraction, split_seed, domain=name)
+                write_corpus(folder / name, corpus, tok, workers, progress, name, val_fraction, split_seed, domain=name,
+                             **sample)
         (folder / "complete").write_text("")  # last: a store directory with this file is whole
 
     build_into(target, "complete", write)
+    shutil.rmtree(work_dir(target), ignore_errors=True)
     console.print(f"prepared {target}: domains {', '.join(sources)}, vocab {tok.vocab_size}")
 
 
