@@ -1,6 +1,7 @@
 """The `scarce` command as a user types it: configs and overrides, bad input, data, eval, runs, quickstart."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,17 @@ def test_data_prepare_rejects_a_negative_split_seed_before_tokenizing(monkeypatc
     result = invoke("data", "prepare", "kjv", "--split-seed", -1)
     assert result.exit_code != 0 and "data.split_seed" in str(result.exception)
     assert not (tmp_path / "home").exists()
+
+
+def test_data_prepare_reads_the_text_field_it_is_given(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCARCE_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"body": f"document {i} " * 5}) + "\n" for i in range(20)))
+    result = invoke("data", "prepare", corpus, "--text-field", "text", "--tokenizer", "gpt2")
+    assert "line 1: each line must be a JSON object with a `text` field" in str(result.exception)
+    result = invoke("data", "prepare", corpus, "--text-field", "body", "--tokenizer", "gpt2", "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "bpe_sample_bytes" in str(invoke("data", "prepare", corpus, "--bpe-sample-mb", 0).exception)
 
 
 def test_bad_toml_file_is_named(tmp_path):

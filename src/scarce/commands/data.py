@@ -24,14 +24,23 @@ def data_prepare(
     vocab_size: int = 8192,
     val_fraction: float = 0.05,
     split_seed: int = 0,
+    text_field: Annotated[str, typer.Option(help="The JSON field or Parquet/Arrow column holding the text.")] = "text",
+    bpe_sample_mb: Annotated[float, typer.Option(help="The BPE trains on at most this many MiB of training text.")] = 128,
+    workers: Annotated[int | None, typer.Option(help="Processes that tokenize shards (default: every core).")] = None,
 ):
-    """Tokenize a corpus once into a cached token store (train/validation split by documents)."""
+    """Tokenize a corpus once into a cached token store (train/validation split by documents).
+
+    Resumable: run it again after an interruption and it continues with the shards not yet tokenized."""
     from scarce.config import resolve_config
     from scarce.data.store import prepare_store
+    from scarce.errors import ScarceError
 
-    options = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, split_seed=split_seed)
+    if workers is not None and workers < 1:
+        raise ScarceError(f"--workers must be at least 1, got {workers}")
+    options = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, split_seed=split_seed,
+                   text_field=text_field, bpe_sample_bytes=round(bpe_sample_mb * 2**20))
     data = resolve_config({"data": {"corpus": corpus, **options}}).data  # a bad value is an error naming its key
-    store = prepare_store(corpus, **data.store_options())
+    store = prepare_store(corpus, **data.store_options(), workers=workers)
     console.print(
         f"{store.path}\n  {store.train_token_count:,} training tokens, {len(store.val_tokens):,} validation tokens, "
         f"vocabulary {store.vocab_size:,}"
