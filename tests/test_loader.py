@@ -1,3 +1,4 @@
+import json
 from itertools import islice
 
 import numpy as np
@@ -73,3 +74,39 @@ def test_resume_from_state_continues_the_same_stream():
 def test_sequence_longer_than_budget_is_a_clear_error():
     with pytest.raises(ScarceError, match="model.seq_len=64"):
         EpochLoader(np.arange(50, dtype=np.uint16), seq_len=64, batch_size=2, epochs=1, seed=0)
+
+
+def sparse_store(path, train_tokens: int, tail: np.ndarray):
+    """A format-3 store of `train_tokens` uint16 tokens that takes almost no disk: a sparse train.bin of
+    zeros but for `tail` at its end, one document per split."""
+    from scarce.data.store import DOCUMENT_ARRAYS, STORE_FORMAT_VERSION, open_store
+
+    path.mkdir()
+    with open(path / "train.bin", "wb") as f:
+        f.truncate(train_tokens * 2)
+        f.seek((train_tokens - len(tail)) * 2)
+        f.write(tail.astype(np.uint16).tobytes())
+    np.zeros(2, dtype=np.uint16).tofile(path / "val.bin")
+    for name in DOCUMENT_ARRAYS:
+        np.save(path / f"{name}.npy", np.array([1 if name == "val_document_bytes" else 0], dtype=np.int64))
+    meta = {"format_version": STORE_FORMAT_VERSION, "dtype": "uint16", "eot_id": 0, "mask_id": 1, "vocab_size": 4096,
+            "train_tokens": train_tokens, "val_tokens": 2, "val_bytes": 1, "train_documents": 1, "val_documents": 1}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return open_store(path)
+
+
+def test_a_store_of_600m_tokens_loads_batches_from_anywhere_in_it(tmp_path):
+    tokens, seq_len = 600_000_000, 256
+    tail = np.arange(2, 2 + 3 * seq_len) % 4096
+    store = sparse_store(tmp_path / "big", tokens, tail)
+    assert (store.path / "train.bin").stat().st_blocks * 512 < 2**20  # sparse: the test writes ~1.5 KB
+    loader = EpochLoader(store.budget(tokens), seq_len=seq_len, batch_size=16, epochs=1, seed=0)
+    assert loader.n_sequences == (tokens - 1) // seq_len
+    last = loader.n_sequences - 1  # the last whole sequence lies in the written tail
+    step = int(np.flatnonzero(loader._permutation(0) == last)[0]) // 16
+    batch_rows = rows(loader.batch(step))
+    starts = np.sort(loader.sequence_indices(step)) * seq_len
+    expected = np.stack([store.train_tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+    assert torch.equal(batch_rows, torch.from_numpy(expected))
+    tail_row = batch_rows[int(np.flatnonzero(starts == last * seq_len)[0])]
+    assert tail_row.count_nonzero() > seq_len // 2 and tail_row[-1] == tail[-1 - (tokens - 1 - (last + 1) * seq_len)]
