@@ -299,7 +299,9 @@ def piece_documents(piece: Piece) -> Iterator[str]:
 
         file = pq.ParquetFile(path)
         first_row = sum(file.metadata.row_group(g).num_rows for g in range(piece.start))
-        batches = file.iter_batches(row_groups=range(piece.start, piece.stop), columns=None, batch_size=4096)
+        # Read only the text column (a wide table's other columns cost nothing), once it is known to exist.
+        columns = [piece.text_field] if piece.text_field in file.schema_arrow.names else None
+        batches = file.iter_batches(row_groups=range(piece.start, piece.stop), columns=columns, batch_size=4096)
         documents = _column_texts(path, batches, piece.text_field, first_row)
     elif piece.kind == "arrow":
         import pyarrow as pa

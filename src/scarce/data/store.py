@@ -53,7 +53,7 @@ STORE_FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)  # a format-2 store still opens: same split and tokens, its arrays in meta.json
 TOKENIZER_KINDS = ("bpe", "gpt2")
 ENCODE_BATCH_DOCUMENTS = 512  # documents per encode_batch call: big enough for all cores, bounded memory
-ENCODE_BATCH_BYTES = 8 * 2**20  # ... and at most this much text
+ENCODE_BATCH_CHARACTERS = 8 * 2**20  # ... and at most this much text
 SHARD_BYTES = 64 * 2**20  # corpus bytes per shard: the unit of parallel work and of resuming
 BPE_SAMPLE_BYTES = 128 * 2**20  # the BPE trains on at most this much training text (a train-order prefix)
 WRITE_BYTES = 16 * 2**20  # tokens gathered into memory before a write, when assembling train.bin
@@ -270,7 +270,7 @@ def _tokenize_shard(shard: Shard, work: Path, tokenizer_file: Path) -> None:
     (each document's token count, eot included): its presence means the shard is done."""
     tok = _load_tokenizer(tokenizer_file)
     dtype, stem = token_dtype(tok.vocab_size), work / f"{shard.name}-{tok.fingerprint}"
-    counts, batch, batch_bytes = [], [], 0
+    counts, batch, batch_characters = [], [], 0
     tokens_file = stem.with_name(stem.name + ".tokens.bin")
     partial = tokens_file.with_name(f".{tokens_file.name}.{os.getpid()}.tmp")
     with open(partial, "wb") as f:
@@ -283,10 +283,10 @@ def _tokenize_shard(shard: Shard, work: Path, tokenizer_file: Path) -> None:
 
         for document in shard.documents():
             batch.append(document)
-            batch_bytes += len(document)
-            if len(batch) >= ENCODE_BATCH_DOCUMENTS or batch_bytes >= ENCODE_BATCH_BYTES:
+            batch_characters += len(document)
+            if len(batch) >= ENCODE_BATCH_DOCUMENTS or batch_characters >= ENCODE_BATCH_CHARACTERS:
                 flush()
-                batch_bytes = 0
+                batch_characters = 0
         flush()
         f.flush()
         os.fsync(f.fileno())
@@ -461,9 +461,8 @@ def write_corpus(folder: Path, corpus: ScannedCorpus, tok: Tokenizer, workers: i
     counts = np.concatenate(counts).astype(np.int64)
     shard_of = np.repeat(np.arange(len(corpus.shards)), np.diff(corpus.shard_starts))
     parts = [stem.with_name(stem.name + ".tokens.bin") for stem in stems]
-    with Console(stderr=True).status(f"{label}: writing train.bin and val.bin in the split's order"):
-        _gather(folder / "train.bin", corpus.train_ids, counts, starts, shard_of, parts, dtype.itemsize)
-        _gather(folder / "val.bin", corpus.val_ids, counts, starts, shard_of, parts, dtype.itemsize)
+    _gather(folder / "train.bin", corpus.train_ids, counts, starts, shard_of, parts, dtype.itemsize)
+    _gather(folder / "val.bin", corpus.val_ids, counts, starts, shard_of, parts, dtype.itemsize)
     tok.save(folder / "tokenizer.json")
     arrays = {
         # Index of each stored document in the corpus (corpora.iter_documents order), in stored order.
