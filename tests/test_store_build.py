@@ -168,3 +168,15 @@ def test_corrupt_part_files_are_not_trusted(tmp_path, jsonl, monkeypatch):
     with pytest.raises(ScarceError, match="60 documents tokenized but 3 scanned"):
         prepare(jsonl, tmp_path, workers=1)
 
+
+
+def test_shards_can_run_as_submitit_jobs(tmp_path, jsonl, monkeypatch):
+    pytest.importorskip("submitit")
+    from scarce.executors import shard_mapper
+
+    reference = prepare(jsonl, tmp_path / "ref", workers=1)
+    monkeypatch.setattr(corpora_module, "PIECE_BYTES", 1500)
+    mapper = shard_mapper("submitit", tmp_path / "jobs", cluster="local")
+    store = prepare(jsonl, tmp_path / "data", shard_bytes=1500, mapper=mapper)
+    assert store_files(store) == store_files(reference)
+    assert len(list((tmp_path / "jobs").glob("*/*_result.pkl"))) >= 3 * 2  # read, sample, tokenize; 2+ shards each

@@ -449,6 +449,24 @@ def _import_extra(module: str, extra: str):
         ) from None
 
 
+def shard_mapper(name: str, folder: Path, cluster: str | None = None, **parameters) -> Callable:
+    """What `prepare_store(mapper=...)` takes to run a token store's shards as submitit jobs (one job array
+    per step: read, BPE sample, tokenize) instead of a local process pool: Slurm where `sbatch` exists,
+    else local processes (`cluster="local"`). `parameters` go to update_parameters (e.g. slurm_partition,
+    timeout_min, cpus_per_task). Job logs go to `folder`. Every job must see the store's root."""
+    if name != "submitit":
+        raise ScarceError(f"shards of a token store run locally or on submitit, not on {name!r}")
+    submitit = _import_extra("submitit", "slurm")
+
+    def run(function: Callable, jobs: list[tuple]) -> list:
+        executor = submitit.AutoExecutor(folder=str(Path(folder) / "%j"), cluster=cluster)
+        if parameters:
+            executor.update_parameters(**parameters)
+        return [job.result() for job in executor.map_array(function, *zip(*jobs))]
+
+    return run
+
+
 def make_executor(name: str, workers: int | None = None, threads: int | None = None, **options) -> Executor:
     """An executor by name ("local", "serial", "submitit", "ray"), checked before anything runs."""
     if name not in EXECUTORS:

@@ -27,6 +27,8 @@ def data_prepare(
     text_field: Annotated[str, typer.Option(help="The JSON field or Parquet/Arrow column holding the text.")] = "text",
     bpe_sample_mb: Annotated[float, typer.Option(help="The BPE trains on at most this many MiB of training text.")] = 128,
     workers: Annotated[int | None, typer.Option(help="Processes that tokenize shards (default: every core).")] = None,
+    executor: Annotated[str, typer.Option(help="local (a process pool) or submitit (Slurm jobs; needs a shared "
+                                               "$SCARCE_HOME)")] = "local",
 ):
     """Tokenize a corpus once into a cached token store (train/validation split by documents).
 
@@ -40,7 +42,13 @@ def data_prepare(
     options = dict(tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, split_seed=split_seed,
                    text_field=text_field, bpe_sample_bytes=round(bpe_sample_mb * 2**20))
     data = resolve_config({"data": {"corpus": corpus, **options}}).data  # a bad value is an error naming its key
-    store = prepare_store(corpus, **data.store_options(), workers=workers)
+    mapper = None
+    if executor != "local":
+        from scarce.executors import shard_mapper
+        from scarce.paths import scarce_home
+
+        mapper = shard_mapper(executor, scarce_home() / "data" / ".submitit")
+    store = prepare_store(corpus, **data.store_options(), workers=workers, mapper=mapper)
     console.print(
         f"{store.path}\n  {store.train_token_count:,} training tokens, {len(store.val_tokens):,} validation tokens, "
         f"vocabulary {store.vocab_size:,}"

@@ -316,12 +316,23 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# Runs `function(*job)` for each job elsewhere (e.g. scarce.executors.shard_mapper: Slurm jobs) and returns
+# the results in job order. Every worker must see the store's root (a shared filesystem).
+ShardMapper = Callable[[Callable, list[tuple]], list]
+
+
 def map_shards(function: Callable, jobs: Sequence[tuple], workers: int, progress: Progress | None = None,
-               label: str = "") -> list:
+               label: str = "", mapper: ShardMapper | None = None) -> list:
     """`function(*job)` for every job (a tuple whose first item is a Shard), in a pool of `workers`
-    processes (in this process, with tokenizers' own threads, when there is one worker or one job); results
-    in job order. A failure stops the rest; the shards already done keep their part files."""
+    processes (in this process, with tokenizers' own threads, when there is one worker or one job), or
+    through `mapper`; results in job order. A failure stops the rest; the shards already done keep their
+    part files."""
     task = progress.add_task(label, total=sum(job[0].bytes for job in jobs)) if progress else None
+    if mapper is not None and jobs:
+        results = mapper(function, list(jobs))
+        if progress:
+            progress.advance(task, sum(job[0].bytes for job in jobs))
+        return results
     results = [None] * len(jobs)
     if workers <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
@@ -359,6 +370,7 @@ class ScannedCorpus:
     shard_starts: np.ndarray  # index of each shard's first document, then the document count
     train_ids: np.ndarray  # in the seeded shuffled order train.bin stores them
     val_ids: np.ndarray  # in corpus order
+    mapper: ShardMapper | None = None  # runs its shards elsewhere instead of in a local pool
 
     def training_sample(self, max_bytes: int, workers: int) -> list[str]:
         """The first training documents, in training order, whose bytes reach `max_bytes` (all if fewer):
@@ -368,20 +380,20 @@ class ScannedCorpus:
         wanted = np.sort(taken)
         shard_of = np.searchsorted(self.shard_starts, wanted, side="right") - 1
         jobs = [(self.shards[i], (wanted[shard_of == i] - self.shard_starts[i]).tolist()) for i in np.unique(shard_of).tolist()]
-        texts = map_shards(_shard_texts, jobs, workers)
+        texts = map_shards(_shard_texts, jobs, workers, mapper=self.mapper)
         by_id = dict(zip(wanted.tolist(), (text for shard_texts in texts for text in shard_texts)))
         return [by_id[i] for i in taken.tolist()]
 
 
 def scan_corpus(source: str, val_fraction: float, split_seed: int, work: Path, *, text_field: str = DEFAULT_TEXT_FIELD,
                 fingerprint: str | None = None, workers: int = 1, shard_bytes: int = SHARD_BYTES,
-                progress: Progress | None = None, where: str = "corpus") -> ScannedCorpus:
+                progress: Progress | None = None, where: str = "corpus", mapper: ShardMapper | None = None) -> ScannedCorpus:
     """Cut `source` into shards, count each one's documents and bytes (shards scanned before are reused),
     and split it by whole documents (`where` names it in the error for too few documents)."""
     work.mkdir(parents=True, exist_ok=True)
     shards = make_shards(corpus_pieces(source, text_field), shard_bytes)
     todo = [shard for shard in shards if not (work / f"{shard.name}.bytes.npy").is_file()]
-    map_shards(_scan_shard, [(shard, work) for shard in todo], workers, progress, f"reading {source}")
+    map_shards(_scan_shard, [(shard, work) for shard in todo], workers, progress, f"reading {source}", mapper)
     sizes = [np.load(work / f"{shard.name}.bytes.npy") for shard in shards]
     document_bytes = np.concatenate([np.zeros(0, np.int64), *sizes])
     if len(document_bytes) < 2:
@@ -394,7 +406,7 @@ def scan_corpus(source: str, val_fraction: float, split_seed: int, work: Path, *
     shard_starts = np.concatenate([[0], np.cumsum([len(size) for size in sizes])]).astype(np.int64)
     train_ids, val_ids = split_documents(len(document_bytes), val_fraction, split_seed)
     return ScannedCorpus(source, fingerprint or corpus_fingerprint(source, text_field), text_field, work, shards,
-                         document_bytes, shard_starts, train_ids, val_ids)
+                         document_bytes, shard_starts, train_ids, val_ids, mapper)
 
 
 def fit_tokenizer(kind: str, vocab_size: int, corpora: Sequence[ScannedCorpus], sample_bytes: int, root: Path,
@@ -449,7 +461,8 @@ def write_corpus(folder: Path, corpus: ScannedCorpus, tok: Tokenizer, workers: i
         tok.save(tokenizer_file)
     stems = [corpus.work / f"{shard.name}-{tok.fingerprint}" for shard in corpus.shards]
     todo = [shard for shard, stem in zip(corpus.shards, stems) if not stem.with_name(stem.name + ".tokens.npy").is_file()]
-    map_shards(_tokenize_shard, [(shard, corpus.work, tokenizer_file) for shard in todo], workers, progress, label)
+    map_shards(_tokenize_shard, [(shard, corpus.work, tokenizer_file) for shard in todo], workers, progress, label,
+               corpus.mapper)
 
     counts = [np.load(stem.with_name(stem.name + ".tokens.npy")) for stem in stems]
     for shard, shard_counts, first, end in zip(corpus.shards, counts, corpus.shard_starts, corpus.shard_starts[1:]):
@@ -545,11 +558,12 @@ def prepare_store(
     root: Path | None = None,
     workers: int | None = None,
     shard_bytes: int = SHARD_BYTES,
+    mapper: ShardMapper | None = None,
 ) -> TokenStore:
     """Tokenize `source` into a store under `root` (default $SCARCE_HOME/data), or open the cached one.
 
-    `workers` processes (default: every usable core) scan and tokenize shards of about `shard_bytes`;
-    neither changes a byte of the store."""
+    `workers` processes (default: every usable core) scan and tokenize shards of about `shard_bytes`, or
+    `mapper` runs them elsewhere (scarce.executors.shard_mapper); none of these changes a byte of the store."""
     check_store_options(tokenizer, val_fraction, text_field, bpe_sample_bytes)
     root = Path(root) if root is not None else scarce_home() / "data"
     workers = workers or default_workers()
@@ -564,7 +578,8 @@ def prepare_store(
     console = Console(stderr=True)
     with tokenizing_progress(console) as progress:
         corpus = scan_corpus(source, val_fraction, split_seed, work_dir(target), text_field=text_field,
-                             fingerprint=fingerprint, workers=workers, shard_bytes=shard_bytes, progress=progress)
+                             fingerprint=fingerprint, workers=workers, shard_bytes=shard_bytes, progress=progress,
+                             mapper=mapper)
     tok, sample = fit_tokenizer(tokenizer, vocab_size, [corpus], bpe_sample_bytes, root, console, workers, "")
     meta = {}
 
