@@ -29,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from bench_train import plain_loop_tokens_per_second
 from machine import cpu_model
 
 import scarce.data.store as store_module
-from scarce.config import resolve_config
 from scarce.data.corpora import iter_documents
-from scarce.data.loader import EpochLoader
-from scarce.model import model_shape
+
+# Nothing here imports torch at the top: the store's pool workers are spawned, and a spawned process
+# imports the main module again, so torch would sit in every worker's memory (the CLI does not import it).
 
 MB = 2**20
 
@@ -74,22 +73,26 @@ def generate_corpus(folder: Path, size_bytes: int, seed: int = 0, file_bytes: in
 
 
 class TreeMemory:
-    """Peak resident memory of this process and its children, summed, sampled in a thread."""
+    """Peak resident memory of this process and its children, summed (and each part's peak), sampled in a thread."""
 
     def __init__(self, every_s: float = 0.1):
-        self.peak, self.every_s, self._stop = 0, every_s, threading.Event()
+        self.peak = self.peak_main = self.peak_children = self.peak_processes = 0
+        self.every_s, self._stop = every_s, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            sizes = []
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    total += process.memory_info().rss
+                    sizes.append(process.memory_info().rss)
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, sum(sizes))
+            self.peak_main = max(self.peak_main, sizes[0])
+            self.peak_children = max(self.peak_children, sum(sizes[1:]))
+            self.peak_processes = max(self.peak_processes, len(sizes))
             time.sleep(self.every_s)
 
     def __enter__(self):
@@ -182,6 +185,9 @@ def measure_prepare(work: Path, size_mb: float, workers: int, vocab_size: int, r
         "tokenize_vs_raw_encode": tokenize_mb_per_s / raw["mb_per_s"],
         "prepare_vs_raw_encode": text_bytes / MB / total_s / raw["mb_per_s"],
         "peak_rss_tree_mb": memory.peak / MB,
+        "peak_rss_main_mb": memory.peak_main / MB,
+        "peak_rss_workers_summed_mb": memory.peak_children / MB,
+        "processes_at_most": memory.peak_processes,
         "max_rss_single_process_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024,
         "load_average_before": load_before,
@@ -195,6 +201,11 @@ def measure_prepare(work: Path, size_mb: float, workers: int, vocab_size: int, r
 def loader_share(work: Path, train_tokens: int = 600_000_000, steps: int = 50) -> dict:
     """EpochLoader batches over a sparse store of train_tokens, against bench_train's reference step."""
     import torch
+    from bench_train import plain_loop_tokens_per_second
+
+    from scarce.config import resolve_config
+    from scarce.data.loader import EpochLoader
+    from scarce.model import model_shape
 
     seq_len, batch_size = 256, 16
     path = work / "sparse.bin"

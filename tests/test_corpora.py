@@ -120,3 +120,13 @@ def test_fingerprint_follows_content_not_time(tmp_path):
     file.write_text("hello!")
     assert corpus_fingerprint(str(tmp_path)) != before
     assert corpus_fingerprint("kjv") == corpus_fingerprint("kjv")
+
+
+def test_jsonl_lines_longer_than_a_read_are_whole(tmp_path, monkeypatch):
+    import scarce.data.corpora as corpora_module
+
+    monkeypatch.setattr(corpora_module, "READ_BYTES", 7)  # every line spans several reads
+    texts = ["a" * 40, "short", "b" * 23 + "\u2028" + "c" * 5]
+    file = tmp_path / "long.jsonl"
+    file.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts), encoding="utf-8")  # no final newline
+    assert load_documents(str(file)) == texts

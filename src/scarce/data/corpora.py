@@ -143,15 +143,12 @@ def _resolve(source: str) -> Path:
     return path
 
 
-def _decode(data: bytes, where: str, offset: int = 0) -> str:
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ScarceError(f"{where} is not UTF-8 text: invalid byte at offset {offset + e.start}; convert it to UTF-8") from None
-
-
-def _read_text(path: Path) -> str:
-    return _decode(path.read_bytes(), str(path))
+        raise ScarceError(f"{path} is not UTF-8 text: invalid byte at offset {e.start}; convert it to UTF-8") from None
 
 
 def _lines(path: Path, start: int, stop: int | None) -> Iterator[tuple[int, bytes]]:
@@ -163,18 +160,23 @@ def _lines(path: Path, start: int, stop: int | None) -> Iterator[tuple[int, byte
     with pa.input_stream(str(path), compression="detect") as stream:
         if start:
             stream.seek(start)
-        offset, rest = start, b""
+        offset, pending = start, []  # pending: the chunks of a line not ended yet (a line can span many)
         while stop is None or offset < stop:
             chunk = stream.read(READ_BYTES)
             if not chunk:
                 break
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:
+                pending.append(chunk)
+                continue
+            lines[0] = b"".join([*pending, lines[0]])
+            pending = [lines.pop()]
             for line in lines:
                 if stop is not None and offset >= stop:
                     return
                 yield offset, line
                 offset += len(line) + 1
+        rest = b"".join(pending)
         if rest and (stop is None or offset < stop):
             yield offset, rest
 
