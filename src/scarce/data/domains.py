@@ -3,7 +3,8 @@
 A domain corpus (`data.domains` in a run's config) names domains, each a catalog corpus or the user's
 files. Its store is one directory holding a token store per domain (scarce.data.store's layout: a
 train/validation split by whole documents, per domain) and the tokenizer they share, trained on the
-training documents of all the domains together. Which domains, their sources and the tokenizer settings
+training documents of all the domains together (a seeded sample of each, up to an equal share of
+data.bpe_sample_bytes). Which domains, their sources and the tokenizer settings
 key the store; weights and caps do not, so every run over the same domains (the general model and
 every specialist) shares one tokenizer and one set of held-out documents.
 
