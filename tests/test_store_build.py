@@ -2,6 +2,9 @@
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -180,3 +183,18 @@ def test_shards_can_run_as_submitit_jobs(tmp_path, jsonl, monkeypatch):
     store = prepare(jsonl, tmp_path / "data", shard_bytes=1500, mapper=mapper)
     assert store_files(store) == store_files(reference)
     assert len(list((tmp_path / "jobs").glob("*/*_result.pkl"))) >= 3 * 2  # read, sample, tokenize; 2+ shards each
+
+
+def test_a_dead_worker_is_an_error_that_says_what_to_do(tmp_path, jsonl):
+    """A pool worker that dies (here: a top-level script without the main guard, which spawned workers
+    re-run) is an error that names the shard and says how to go on."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import scarce.data.corpora\nfrom scarce.data.store import prepare_store\n"
+                      "scarce.data.corpora.PIECE_BYTES = 500\n"
+                      f"prepare_store({str(jsonl)!r}, vocab_size=300, root={str(tmp_path / 'data')!r}, workers=2, "
+                      "shard_bytes=700)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode != 0
+    assert "ScarceError: a worker process died on a shard starting at" in result.stderr
+    assert "run it again to resume" in result.stderr

@@ -31,6 +31,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cache, cached_property
 from multiprocessing import get_context
@@ -346,7 +347,14 @@ def map_shards(function: Callable, jobs: Sequence[tuple], workers: int, progress
         futures = {pool.submit(function, *job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]
-            results[i] = future.result()
+            try:
+                results[i] = future.result()
+            except BrokenProcessPool:
+                raise ScarceError(
+                    f"a worker process died on a shard starting at {jobs[i][0].pieces[0].path} (out of memory? A script "
+                    "that prepares a store needs the `if __name__ == \"__main__\":` guard process pools need, or "
+                    "workers=1); the shards already done are kept, run it again to resume"
+                ) from None
             if progress:
                 progress.advance(task, jobs[i][0].bytes)
     finally:
