@@ -180,3 +180,35 @@ def test_batched_members_must_differ_only_by_seed(tmp_path):
         check_batchable([members[0], resolve_config(members[1].model_dump(mode="json"), ["optim.lr=0.01"])])
     with pytest.raises(ScarceError, match="dropout"):
         check_batchable(member_configs(resolve_config({}, ["model.dropout=0.1"]), 2))
+
+
+SINGLE_CORPUS = [o for o in TINY if not o.startswith("data.unique_tokens")]
+
+
+@pytest.mark.parametrize(("key", "overrides"), [
+    ("train.tokens", [*TINY, "train.tokens=16384"]),
+    ("data.source", [*TINY, "data.source=procedural", "procedural.task=dyck", "train.tokens=1024"]),
+    ("procedural.task", [*TINY, "procedural.task=dyck", "procedural.steps=2"]),
+    ("data.domains", [*SINGLE_CORPUS, "data.domains.kjv=1.0"]),
+])
+def test_batched_members_refuse_settings_the_batched_loop_would_ignore(tmp_path, key, overrides):
+    from scarce.train.batched import check_batchable
+
+    with pytest.raises(ScarceError, match=key):
+        check_batchable(member_configs(resolve_config({"runs_dir": str(tmp_path)}, overrides), 2))
+
+
+def test_a_batched_member_that_diverges_is_written_diverged_as_its_separate_run_is(tmp_path):
+    from scarce.train.batched import train_batched
+    from scarce.train.trainer import train
+
+    base = resolve_config({"name": "nan", "runs_dir": str(tmp_path)}, [*TINY, "optim.lr=1e4", "optim.grad_clip=0"])
+    with pytest.raises(ScarceError, match="non-finite|became"):
+        train(base.model_copy(update={"runs_dir": tmp_path / "separate"}), progress=False)
+    separate = runs.read_summary(next((tmp_path / "separate").glob("nan*")))
+    batched = [runs.read_summary(d) for d in train_batched(member_configs(base, 2), progress=False)]
+    assert separate["status"] == "diverged"
+    assert [s["status"] for s in batched] == ["diverged", "diverged"]
+    assert batched[0]["steps"] == separate["steps"] and batched[0]["final_val_loss"] is None
+    with pytest.raises(ScarceError, match="member 0: diverged"):
+        train_members(member_configs(base.model_copy(update={"runs_dir": tmp_path / "study"}), 2), "batched", progress=False)
