@@ -207,15 +207,25 @@ class InitConfig(Section):
 class DistillConfig(Section):
     """Distillation from teacher runs (an ensemble, or one model for self-distillation); docs/ensembles.md.
 
-    "sequence": batches drawn from `synthetic` (teacher samples, `scarce sample`) with probability `weight`,
-    real otherwise, for steps = real steps / (1 − weight). "token": loss = (1 − weight)·NTP + weight·KL(the
+    "sequence": sequences (or, with mix = "batch", whole batches) drawn from `synthetic` (teacher samples,
+    `scarce sample`) with probability `weight`, real otherwise, for real sequences / (1 − weight) in all. "token": loss = (1 − weight)·NTP + weight·KL(the
     teachers' averaged next-token distribution ‖ the student's) on real text.
     """
 
     kind: Literal["none", "sequence", "token"] = "none"
     weight: float = Field(0.0, ge=0, le=1)  # sequence: synthetic batch fraction w, in [0, 1); token: KL weight
     synthetic: Path | None = None  # sequence: the teachers' token file (a .bin beside its .json description)
+    # sequence: draw real or synthetic per example (a batch mixes both, as levanter's mixtures) or per batch
+    mix: Literal["example", "batch"] = "example"
     teachers: list[Path] = []  # teacher run directories (token: their logits are averaged; sequence: provenance)
+
+    @field_validator("synthetic", "teachers")
+    @classmethod
+    def _resolved(cls, value):
+        """Absolute when parsed, so the run's stored config finds them from any directory (a resume)."""
+        if value is None:
+            return None
+        return [p.expanduser().resolve() for p in value] if isinstance(value, list) else value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _needs(self):
