@@ -151,6 +151,20 @@ def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):
     assert plot_ensemble({"losses_by_k": points, "law": law, "combine": "logits"}, tmp_path / "k.png").stat().st_size > 0
 
 
+def test_the_k_law_reports_identifiability_and_intervals_as_scarce_fit_does():
+    from scarce.evals.ensemble_law import fit_ensemble_law
+
+    rng = np.random.default_rng(0)
+    points = [{"k": k, "loss": 3.34 + 0.25 / k**1.02 + rng.normal(0, 1e-3)} for k in range(1, 9)]
+    law = fit_ensemble_law(points)
+    assert law["identified"] and law["fit"]["unidentified"] == []
+    low, high = law["derived"]["asymptote"]["interval"]
+    assert low < law["parameters"]["E"]["value"] < high and high - low < 0.05
+    exact = fit_ensemble_law(points[:3])  # three sizes, three parameters: a curve through every point
+    assert exact["identified"] is False and "3 ensemble sizes for 3 parameters" in exact["reason"]
+    assert exact["parameters"]["E"]["interval"] is None and exact["derived"]["asymptote"]["interval"] is None
+
+
 def test_vmap_batched_members_train_to_the_weights_of_separate_runs(tmp_path):
     from scarce.checkpoint import load_latest_checkpoint
     from scarce.train.batched import train_batched
