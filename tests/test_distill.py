@@ -28,9 +28,9 @@ TINY = [
 SYNTHETIC_OFFSET = 10_000  # synthetic token ids are shifted so a batch shows where it came from
 
 
-def mixture(weight: float, seed: int = 0) -> MixtureSource:
-    real = EpochLoader(np.arange(2000), seq_len=10, batch_size=4, epochs=3, seed=1)
-    return MixtureSource(real, np.arange(500) + SYNTHETIC_OFFSET, weight, seed)
+def mixture(weight: float, seed: int = 0, per: str = "batch", world_size: int = 1, rank: int = 0) -> MixtureSource:
+    real = EpochLoader(np.arange(2000), seq_len=10, batch_size=4, epochs=3, seed=1, rank=rank, world_size=world_size)
+    return MixtureSource(real, np.arange(500) + SYNTHETIC_OFFSET, weight, seed, rank, world_size, per=per)
 
 
 def is_synthetic(batch: Batch) -> bool:
@@ -54,13 +54,38 @@ def test_mixture_draws_synthetic_batches_at_fraction_w_and_keeps_the_real_epochs
         assert [is_synthetic(b) for b in mixture(weight, seed=1)] != drawn
 
 
-def test_mixture_resumes_exactly_from_its_state_dict():
-    whole = list(mixture(0.75))
-    first = mixture(0.75)
+@pytest.mark.parametrize("weight", [0.0, 0.5, 0.9])
+def test_mixture_per_example_draws_each_sequence_at_fraction_w_and_keeps_the_real_epochs(weight):
+    source = mixture(weight, per="example")
+    batches = list(source)
+    rows = torch.cat([b.inputs for b in batches])
+    synthetic = (rows[:, 0] >= SYNTHETIC_OFFSET).tolist()
+    assert len(rows) == math.ceil(597 / (1 - Fraction(str(weight))))  # 199 real sequences × 3 epochs
+    assert len(rows) - sum(synthetic) == 597 and source.epochs_completed(source.steps) == 3
+    assert sorted(rows[~(rows[:, 0] >= SYNTHETIC_OFFSET), 0].tolist()) == sorted(np.tile(np.arange(199) * 10, 3).tolist())
+    assert sum(b.global_targets for b in batches) == len(rows) * 10 == source.tokens_seen(source.steps)
+    if weight > 0:  # batches of both kinds of sequence, unlike per="batch"
+        assert any(0 < (b.inputs[:, 0] >= SYNTHETIC_OFFSET).sum() < len(b.inputs) for b in batches)
+        assert not any(0 < (b.inputs[:, 0] >= SYNTHETIC_OFFSET).sum() < len(b.inputs) for b in mixture(weight))
+
+
+def test_mixture_ranks_split_each_step_without_overlap():
+    for per in ("example", "batch"):
+        whole = [b.inputs for b in mixture(0.5, per=per)]
+        shares = [[b.inputs for b in mixture(0.5, per=per, world_size=2, rank=r)] for r in range(2)]
+        for step, rows in enumerate(whole):
+            split = torch.cat([shares[0][step], shares[1][step]])
+            assert sorted(map(tuple, split.tolist())) == sorted(map(tuple, rows.tolist()))
+
+
+@pytest.mark.parametrize("per", ["example", "batch"])
+def test_mixture_resumes_exactly_from_its_state_dict(per):
+    whole = list(mixture(0.75, per=per))
+    first = mixture(0.75, per=per)
     batches = iter(first)
     head = [next(batches) for _ in range(37)]
     state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
-    resumed = mixture(0.75)
+    resumed = mixture(0.75, per=per)
     resumed.load_state_dict(state)
     for a, b in zip(whole, head + list(resumed), strict=True):
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
@@ -119,7 +144,7 @@ def test_sequence_distillation_end_to_end(tmp_path, teachers):
     assert config["distill"]["synthetic"] == report["synthetic"] and config["study"] == "student-distill"
     real_steps = -(-((1024 - 1) // 16) // 8)
     assert summary["steps"] == 2 * real_steps and summary["epochs_completed"] == 1
-    assert summary["tokens_seen"] == ((1024 - 1) // 16 + real_steps * 8) * 16  # real tokens + 8 synthetic rows a step
+    assert summary["tokens_seen"] == 2 * ((1024 - 1) // 16) * 16  # per example: as many synthetic sequences as real at w = ½
     assert report["loss_single"] == pytest.approx(np.mean([t["loss"] for t in report["teachers"]]))
     gain = report["loss_single"] - report["loss_ensemble"]
     assert report["retained_fraction"] == pytest.approx((report["loss_single"] - report["loss_student"]) / gain)
@@ -142,9 +167,24 @@ def test_token_distillation_end_to_end(tmp_path, teachers):
     base = resolve_config({"name": "student", "runs_dir": str(tmp_path / "runs")}, TINY)
     report = run_distillation(base, teachers, "token", progress=False)
     config = runs.read_config(report["student"])
-    assert config["distill"] == {"kind": "token", "weight": 0.5, "synthetic": None, "teachers": [str(t) for t in teachers]}
+    assert config["distill"] == {"kind": "token", "weight": 0.5, "synthetic": None, "teachers": [str(t) for t in teachers],
+                                 "mix": "example"}
     summary = runs.read_summary(report["student"])
     assert summary["status"] == "completed" and summary["flops"] > summary["flops_per_token"] * summary["tokens_seen"]
+
+
+def test_a_token_student_given_relative_teacher_paths_resumes_from_another_directory(tmp_path, teachers, monkeypatch):
+    from scarce.train.trainer import resume
+
+    monkeypatch.chdir(teachers[0].parent)
+    student = train(resolve_config({"name": "student", "runs_dir": str(tmp_path / "runs")},
+                                   [*TINY, "distill.kind=token", "distill.weight=0.5",
+                                    f"distill.teachers=['{teachers[0].name}', '{teachers[1].name}']"]), progress=False)
+    assert runs.read_config(student)["distill"]["teachers"] == [str(t.resolve()) for t in teachers]
+    runs.write_summary(student, {**runs.read_summary(student), "status": "running"})  # as if killed before the end
+    monkeypatch.chdir(tmp_path)
+    resume(student, progress=False)
+    assert runs.read_summary(student)["status"] == "completed"
 
 
 def test_a_teacher_with_another_vocabulary_is_an_error(tmp_path, teachers):

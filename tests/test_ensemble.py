@@ -151,6 +151,20 @@ def test_k_law_is_fitted_from_three_sizes_and_plotted(tmp_path):
     assert plot_ensemble({"losses_by_k": points, "law": law, "combine": "logits"}, tmp_path / "k.png").stat().st_size > 0
 
 
+def test_the_k_law_reports_identifiability_and_intervals_as_scarce_fit_does():
+    from scarce.evals.ensemble_law import fit_ensemble_law
+
+    rng = np.random.default_rng(0)
+    points = [{"k": k, "loss": 3.34 + 0.25 / k**1.02 + rng.normal(0, 1e-3)} for k in range(1, 9)]
+    law = fit_ensemble_law(points)
+    assert law["identified"] and law["fit"]["unidentified"] == []
+    low, high = law["derived"]["asymptote"]["interval"]
+    assert low < law["parameters"]["E"]["value"] < high and high - low < 0.05
+    exact = fit_ensemble_law(points[:3])  # three sizes, three parameters: a curve through every point
+    assert exact["identified"] is False and "3 ensemble sizes for 3 parameters" in exact["reason"]
+    assert exact["parameters"]["E"]["interval"] is None and exact["derived"]["asymptote"]["interval"] is None
+
+
 def test_vmap_batched_members_train_to_the_weights_of_separate_runs(tmp_path):
     from scarce.checkpoint import load_latest_checkpoint
     from scarce.train.batched import train_batched
@@ -180,3 +194,35 @@ def test_batched_members_must_differ_only_by_seed(tmp_path):
         check_batchable([members[0], resolve_config(members[1].model_dump(mode="json"), ["optim.lr=0.01"])])
     with pytest.raises(ScarceError, match="dropout"):
         check_batchable(member_configs(resolve_config({}, ["model.dropout=0.1"]), 2))
+
+
+SINGLE_CORPUS = [o for o in TINY if not o.startswith("data.unique_tokens")]
+
+
+@pytest.mark.parametrize(("key", "overrides"), [
+    ("train.tokens", [*TINY, "train.tokens=16384"]),
+    ("data.source", [*TINY, "data.source=procedural", "procedural.task=dyck", "train.tokens=1024"]),
+    ("procedural.task", [*TINY, "procedural.task=dyck", "procedural.steps=2"]),
+    ("data.domains", [*SINGLE_CORPUS, "data.domains.kjv=1.0"]),
+])
+def test_batched_members_refuse_settings_the_batched_loop_would_ignore(tmp_path, key, overrides):
+    from scarce.train.batched import check_batchable
+
+    with pytest.raises(ScarceError, match=key):
+        check_batchable(member_configs(resolve_config({"runs_dir": str(tmp_path)}, overrides), 2))
+
+
+def test_a_batched_member_that_diverges_is_written_diverged_as_its_separate_run_is(tmp_path):
+    from scarce.train.batched import train_batched
+    from scarce.train.trainer import train
+
+    base = resolve_config({"name": "nan", "runs_dir": str(tmp_path)}, [*TINY, "optim.lr=1e4", "optim.grad_clip=0"])
+    with pytest.raises(ScarceError, match="non-finite|became"):
+        train(base.model_copy(update={"runs_dir": tmp_path / "separate"}), progress=False)
+    separate = runs.read_summary(next((tmp_path / "separate").glob("nan*")))
+    batched = [runs.read_summary(d) for d in train_batched(member_configs(base, 2), progress=False)]
+    assert separate["status"] == "diverged"
+    assert [s["status"] for s in batched] == ["diverged", "diverged"]
+    assert batched[0]["steps"] == separate["steps"] and batched[0]["final_val_loss"] is None
+    with pytest.raises(ScarceError, match="member 0: diverged"):
+        train_members(member_configs(base.model_copy(update={"runs_dir": tmp_path / "study"}), 2), "batched", progress=False)

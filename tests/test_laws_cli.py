@@ -57,7 +57,9 @@ def test_fit_csv_writes_the_documented_json_and_a_plot(points_csv, tmp_path):
     assert data["schema"] == "scarce.fit/1"
     assert data["law"]["name"] == "chinchilla" and data["law"]["variables"] == {"N": "params", "D": "tokens"}
     assert data["law"]["y"] == "loss" and data["law"]["formula"] == Chinchilla.formula
+    ranges = data["data"].pop("ranges")
     assert data["data"] == {"source": str(points_csv), "n_points": 40, "filters": [], "best_per_x": False}
+    assert set(ranges) == {"N", "D"} and 1e7 <= ranges["N"][0] < ranges["N"][1] <= 1e10
     assert set(data["parameters"]) == set(TRUE)
     for name, entry in data["parameters"].items():
         lo, hi = entry["interval"]

@@ -99,3 +99,20 @@ def test_sample_command_writes_documents(tmp_path):
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(len(d["tokens"]) + (d["end"] == "eot") for d in docs) >= 40
     assert all(d["end"] in ("eot", "length") and isinstance(d["text"], str) for d in docs)
+
+
+def test_tokens_counts_the_documents_tokens_not_their_end_of_text(monkeypatch):
+    from scarce.train import sample
+
+    def eot_biased(bias):
+        combine = sample.combine_log_probs
+        return lambda logits, how: combine(logits, how).index_add(-1, torch.tensor([EOT]), torch.full((4, 1), bias))
+
+    monkeypatch.setattr(sample, "combine_log_probs", eot_biased(2.5))  # short documents: many end-of-text draws
+    stats = {}
+    docs = list(sample_documents([micro(0)], 200, EOT, batch_size=4, stats=stats))
+    assert sum(len(d.tokens) for d in docs) == stats["tokens"] >= 200
+    assert stats["draws"] >= stats["tokens"] + sum(d.end == "eot" for d in docs)
+    monkeypatch.setattr(sample, "combine_log_probs", eot_biased(100.0))  # only end-of-text: an error, not a hang
+    with pytest.raises(ScarceError, match="end-of-text"):
+        list(sample_documents([micro(0)], 20, EOT, batch_size=4))

@@ -180,7 +180,7 @@ def test_specialists_stay_within_the_fitted_domain_tokens(document):
     assert document["domains"]["code"]["domain_tokens_fitted"] == [1e7, 1.6e8]
     floors = {"code": 1e7, "verse": 1e7}
     plans = plan_specialization(fitted_laws(document), 1e17, {"code": 5e8, "verse": 2e8}, tokens_per_step=4096,
-                                params=3e6, min_domain_tokens=floors)
+                                params=3e6, fitted_minimum={d: {"D_spec": f, "D": 0.0} for d, f in floors.items()})
     for name, p in plans.items():
         assert p["flops"] <= 1e17, name
         assert all(p["domain_tokens"][d] == 0.0 or p["domain_tokens"][d] >= floors[d] for d in floors), name
@@ -260,6 +260,48 @@ def test_plan_specialize_keeps_specialists_within_the_fit_unless_told(document, 
                                           "--domain-tokens", "code=5e8", "--domain-tokens", "verse=2e8", flag, "--json", str(out)])
         assert result.exit_code == 0, result.output
         shared[flag] = json.loads(out.read_text())["plans"]["shared"]
-    assert shared["--within-fit"]["specialists"] == ["verse"] and shared["--within-fit"]["domain_tokens"]["verse"] >= 1e7
+    # within the fit, neither can be left to the general model either (D' = 0 was not fitted): no prediction
+    assert shared["--within-fit"]["predicted_loss"] is None and "minimum" in shared["--within-fit"]["note"]
     assert shared["--beyond-fit"]["specialists"] == ["code", "verse"]
     assert min(shared["--beyond-fit"]["domain_tokens"].values()) < 1e7
+
+
+def test_the_planner_predicts_no_strategy_at_a_zero_its_law_was_not_fitted_on(document):
+    """fit_domains fits D' > 0 only: general-only (D' = 0), domain-only (D = 0) and a shared plan leaving a
+    domain to the general model are outside the fit, unless planned beyond it."""
+    from scarce.commands.specialize import _fitted_minimum
+
+    assert document["domains"]["code"]["general_tokens_fitted"] == [1e8, 1.6e9]
+    unique = {"code": 5e8, "verse": 2e8}
+    within = plan_specialization(fitted_laws(document), 1e19, unique, tokens_per_step=4096,
+                                 fitted_minimum=_fitted_minimum(document))
+    for strategy in ("general", "domain"):
+        assert within[strategy]["predicted_loss"] is None and "outside the fitted range" in within[strategy]["note"]
+    assert within["shared"]["specialists"] == ["code", "verse"] and within["shared"]["predicted_loss"] is not None
+    beyond = plan_specialization(fitted_laws(document), 1e19, unique, tokens_per_step=4096)
+    assert beyond["general"]["predicted_loss"] is not None
+
+
+def test_plan_specialize_plans_from_a_plain_fit_of_the_users_own_points(tmp_path):
+    """`scarce fit` of the transfer form on a points table (D' = 0 points included) plans every strategy
+    but domain-only (no D = 0 point was fitted)."""
+    points = tmp_path / "points.csv"
+    rows = [p for p in synthetic_points() if p.domain == "code"]
+    general = [Point("code", p.params, p.general_tokens, 0, p.loss * 1.05, "x") for p in rows if p.domain_tokens == 1e7]
+    points.write_text("params,general_tokens,domain_tokens,loss\n" +
+                      "".join(f"{p.params},{p.general_tokens},{p.domain_tokens},{p.loss}\n" for p in rows + general))
+    fit = tmp_path / "fit.json"
+    result = CliRunner().invoke(app, ["fit", str(points), "--law", "specialization_transfer",
+                                      "--x", "N=params,D=general_tokens,D_spec=domain_tokens", "--json", str(fit)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(fit.read_text())["data"]["ranges"]["D_spec"] == [0.0, 1.6e8]
+    out = tmp_path / "plan.json"
+    for given in ([str(fit)], [f"code={fit}"]):
+        result = CliRunner().invoke(app, ["plan", "specialize", *given, "--flops", "1e19", "--domain-tokens", "code=5e8",
+                                          "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        plans = json.loads(out.read_text())["plans"]
+        assert plans["general"]["predicted_loss"] is not None and plans["shared"]["predicted_loss"] is not None
+        assert plans["domain"]["predicted_loss"] is None and "D = 0" in plans["domain"]["note"]
+    result = CliRunner().invoke(app, ["plan", "specialize", str(fit), "--flops", "1e19"])
+    assert result.exit_code != 0 and "--domain-tokens" in str(result.exception)

@@ -63,6 +63,18 @@ def test_descends_to_the_minimum_of_a_bowl_evaluating_each_setting_once():
     assert len(batches) == len(result.path)  # each neighbourhood is one batch, for the executor to run in parallel
 
 
+def test_an_optimum_on_the_grid_edge_says_so_and_which_way_to_extend():
+    corner = coordinate_descent(counting(bowl((9, 4, 3)))[0], DEFAULT_AXES, {LR: 1e-2, WD: 0.1, EP: 8})
+    assert index_of(corner.optimum) == (5, 4, 3)  # lr's bowl lies past the grid's largest value
+    assert corner.edges == {LR: "above"} and corner.to_json()["edges"] == {LR: "above"}
+    assert "optim.lr at the grid's largest value 0.03: extend the grid above it" == corner.extend()
+    assert len(corner.neighbours) == 5  # the neighbour above was never tried
+    low = coordinate_descent(counting(bowl((-1, 0, -1)))[0], DEFAULT_AXES, {LR: 1e-4, WD: 0, EP: 1})
+    assert low.edges == {LR: "below", EP: "below"}  # weight decay 0 is an edge with nothing below it
+    inside = coordinate_descent(counting(bowl((4, 5, 3)))[0], DEFAULT_AXES, {LR: 1e-4, WD: 0.1, EP: 1})
+    assert inside.edges == {} and inside.extend() == ""
+
+
 def test_stops_at_a_local_optimum_not_the_global_one():
     # two basins: a shallow one next to the start, a deeper one far away behind a ridge
     near, far = (1, 1, 1), (5, 7, 6)

@@ -160,7 +160,7 @@ class ObjectiveConfig(Section):
     mask_ratio_max: float = Field(0.5, ge=0, lt=1)
     protected_prefix: int = Field(8, ge=0)  # input positions never masked
     # "two_pass": two forward/backward passes per step (the reference code); "concatenated": one pass over
-    # the clean and masked copies stacked along the batch; "auto": the one measured cheaper (docs/objectives.md)
+    # the clean and masked copies stacked along the batch; "auto": the one measured cheaper (docs/training.md)
     mir_execution: Literal["auto", "two_pass", "concatenated"] = "auto"
 
     @property
@@ -210,15 +210,26 @@ class InitConfig(Section):
 class DistillConfig(Section):
     """Distillation from teacher runs (an ensemble, or one model for self-distillation); docs/ensembles.md.
 
-    "sequence": batches drawn from `synthetic` (teacher samples, `scarce sample`) with probability `weight`,
-    real otherwise, for steps = real steps / (1 − weight). "token": loss = (1 − weight)·NTP + weight·KL(the
-    teachers' averaged next-token distribution ‖ the student's) on real text.
+    "sequence": sequences (or, with mix = "batch", whole batches) drawn from `synthetic` (teacher samples,
+    `scarce sample`) with probability `weight`, real otherwise, for real sequences / (1 − weight) in all.
+    "token": loss = (1 − weight)·NTP + weight·KL(the teachers' averaged next-token distribution ‖ the
+    student's) on real text.
     """
 
     kind: Literal["none", "sequence", "token"] = "none"
-    weight: float = Field(0.0, ge=0, le=1)  # sequence: synthetic batch fraction w, in [0, 1); token: KL weight
+    weight: float = Field(0.0, ge=0, le=1)  # sequence: synthetic fraction w, in [0, 1); token: KL weight
     synthetic: Path | None = None  # sequence: the teachers' token file (a .bin beside its .json description)
+    # sequence: draw real or synthetic per example (a batch mixes both, as levanter's mixtures) or per batch
+    mix: Literal["example", "batch"] = "example"
     teachers: list[Path] = []  # teacher run directories (token: their logits are averaged; sequence: provenance)
+
+    @field_validator("synthetic", "teachers")
+    @classmethod
+    def _resolved(cls, value):
+        """Absolute when parsed, so the run's stored config finds them from any directory (a resume)."""
+        if value is None:
+            return None
+        return [p.expanduser().resolve() for p in value] if isinstance(value, list) else value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _needs(self):

@@ -61,7 +61,13 @@ def ensemble_eval(
     law = result["law"]
     if law["fitted"]:
         p = {name: v["value"] for name, v in law["parameters"].items()}
-        console.print(f"L(K) = {p['E']:.4f} + {p['A']:.4f} / K^{p['alpha']:.3f}  (asymptote E = {p['E']:.4f})")
+        console.print(f"L(K) = {p['E']:.4f} + {p['A']:.4f} / K^{p['alpha']:.3f}")
+        for name, entry in [*law["parameters"].items(), ("asymptote", law["derived"]["asymptote"])]:
+            interval = entry["interval"]
+            console.print(f"  {name} = {entry['value']:.4g}" + (f"  [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else
+                                                                "  (no interval)"), highlight=False)
+        if not law["identified"]:
+            console.print(f"[yellow]warning:[/yellow] the K-law is not identified: {law['reason']}", highlight=False)
     else:
         console.print(f"K-law not fitted: {law['reason']}")
     if json_out:

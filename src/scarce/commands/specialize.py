@@ -91,10 +91,38 @@ def specialize(
         console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
-def _fitted_minimum(document: dict) -> dict[str, float]:
-    """Each domain's smallest fitted D' (fits written before the range was recorded have none)."""
-    return {name: entry["domain_tokens_fitted"][0] for name, entry in document["domains"].items()
-            if "domain_tokens_fitted" in entry}
+def _fitted_minimum(document: dict) -> dict[str, dict[str, float]]:
+    """Each domain's smallest fitted D' and D (fits written before D's range was recorded: D > 0, as every
+    trunk has; before D''s range: none)."""
+    return {name: {"D_spec": entry["domain_tokens_fitted"][0], "D": entry.get("general_tokens_fitted", [1.0])[0]}
+            for name, entry in document["domains"].items() if "domain_tokens_fitted" in entry}
+
+
+def _plain_fits(items: list[str], domains: list[str]) -> tuple[dict, dict]:
+    """Laws and fitted minimums from `scarce fit` files (scarce.fit/1) of a specialization law: NAME=FIT.json
+    per domain, or one FIT.json for the one domain --domain-tokens names."""
+    from scarce.laws.io import law_from_fit_json
+
+    named = {}
+    for item in items:
+        name, sep, path = item.rpartition("=")
+        if not sep:
+            if len(items) > 1 or len(domains) != 1:
+                raise ScarceError(f"{item}: a plain `scarce fit` file is one domain's law: name it with exactly one "
+                                  "--domain-tokens NAME=U, or give NAME=FIT.json per domain")
+            name = domains[0]
+        named[name] = Path(path)
+    laws, minimum = {}, {}
+    for name, path in named.items():
+        law = law_from_fit_json(path)
+        if set(law.variables) != {"N", "D", "D_spec"}:
+            raise ScarceError(f"fit file {path} holds law {law.name!r} of {', '.join(law.variables)}; planning a "
+                              "specialization needs one of N, D, D_spec (specialization_transfer or specialization_additive)")
+        ranges = (json.loads(path.read_text()).get("data") or {}).get("ranges")
+        if ranges:
+            minimum[name] = {"D": ranges["D"][0], "D_spec": ranges["D_spec"][0]}
+        laws[name] = law
+    return laws, minimum
 
 
 def _print_fits(document: dict, holdout: str) -> None:
@@ -114,7 +142,9 @@ def _print_fits(document: dict, holdout: str) -> None:
 
 
 def plan_specialize(
-    fit_json: Annotated[Path, typer.Argument(help="A fit written by `scarce specialize` (<study>-fit.json)")],
+    fit_json: Annotated[list[str], typer.Argument(help=(
+        "A fit written by `scarce specialize` (<study>-fit.json); or `scarce fit --json` files of a specialization "
+        "law: NAME=FIT.json per domain, or one FIT.json for the one domain --domain-tokens names"))],
     flops: Annotated[float, typer.Option(help="Training compute budget in FLOPs")],
     domain_tokens: Annotated[Optional[list[str]], typer.Option(
         help="NAME=UNIQUE_TOKENS per domain planned (default: every fitted domain at its study cap)")] = None,
@@ -128,19 +158,35 @@ def plan_specialize(
 ):
     """Choose N, D and each D' for a FLOP budget: shared general phase, independent ones, general only, domain only."""
     from scarce.laws.io import write_json
-    from scarce.laws.specialization import fitted_laws, plan_specialization
+    from scarce.laws.specialization import SCHEMA, fitted_laws, plan_specialization
 
-    if not fit_json.is_file():
-        raise ScarceError(f"fit file {fit_json} does not exist (write it with `scarce specialize`)")
+    first = Path(fit_json[0].rpartition("=")[2])
+    if not first.is_file():
+        raise ScarceError(f"fit file {first} does not exist (write it with `scarce specialize` or `scarce fit --json`)")
     try:
-        document = json.loads(fit_json.read_text())
+        document = json.loads(first.read_text())
     except json.JSONDecodeError as e:
-        raise ScarceError(f"fit file {fit_json} is not JSON: {e}") from None
-    laws = fitted_laws(document, law)
-    unique = _named(domain_tokens, "--domain-tokens") if domain_tokens else dict(document.get("unique_tokens") or {})
+        raise ScarceError(f"fit file {first} is not JSON: {e}") from None
+    named = _named(domain_tokens, "--domain-tokens") if domain_tokens else None
+    if document.get("schema") == SCHEMA:
+        if len(fit_json) > 1 or "=" in fit_json[0]:
+            raise ScarceError(f"{first} is a `scarce specialize` fit of every domain: give it alone")
+        laws, minimum = fitted_laws(document, law), _fitted_minimum(document)
+        unique, tokens_per_step = named or dict(document.get("unique_tokens") or {}), document.get("tokens_per_step") or 1
+    else:
+        if named is None:
+            raise ScarceError("a `scarce fit` file has no domain caps: give --domain-tokens NAME=UNIQUE_TOKENS")
+        if law is not None:
+            raise ScarceError("--law chooses among a `scarce specialize` fit's laws; a `scarce fit` file holds one")
+        laws, minimum = _plain_fits(fit_json, list(named))
+        unique, tokens_per_step = named, 1
+    missing = [name for name in unique if name in laws and name not in minimum]
+    if within_fit and missing:
+        raise ScarceError(f"the fit of {', '.join(missing)} records no fitted range (written by an older scarce): "
+                          "fit it again, or plan --beyond-fit")
     plans = plan_specialization(laws, flops, unique, _named(weights, "--weights") if weights else None, repeat=repeat,
-                                tokens_per_step=document.get("tokens_per_step") or 1, params=params,
-                                min_domain_tokens=_fitted_minimum(document) if within_fit else None)
+                                tokens_per_step=tokens_per_step, params=params,
+                                fitted_minimum=minimum if within_fit else None)
     table = Table("strategy", "params", "general tokens", *[f"D' {n}" for n in unique], "FLOPs", "mean loss", "repeats",
                   title=f"best split of {flops:.3g} FLOPs")
     for name, p in plans.items():
@@ -151,7 +197,10 @@ def plan_specialize(
         table.add_row(name, f"{p['params']:.3g}", general, *[f"{p['domain_tokens'][n]:.3g}" for n in unique],
                       f"{p['flops']:.3g}", loss, repeats)
     console.print(table)
+    for name, p in plans.items():
+        if "note" in p:
+            console.print(f"[yellow]{name}: {p['note']}[/yellow]", highlight=False)
     if json_out:
-        write_json({"schema": "scarce.specialize-plan/1", "fit": str(fit_json), "flops_budget": flops,
+        write_json({"schema": "scarce.specialize-plan/1", "fit": " ".join(fit_json), "flops_budget": flops,
                     "unique_tokens": unique, "plans": plans}, json_out)
         console.print(f"wrote {json_out}")

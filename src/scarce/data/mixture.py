@@ -5,11 +5,14 @@ store's train.bin: flat token ids, each document followed by end-of-text. `<name
 `<name>.json` beside it what they are: dtype, count, the tokenizer and store they belong to, and how they
 were sampled. A file is written once (atomically) and reused by every student that names it.
 
-`MixtureSource` is a batch source (scarce.data.sources): of its steps = ⌈real steps / (1 − w)⌉, a seeded
-random subset of exactly steps − real steps is synthetic, so every step is synthetic with probability w
-and the student still makes exactly the configured passes over the real data (Kim et al. 2025, arXiv
-2509.14786). Which steps are synthetic depends on (seed, steps, w) alone, so any step's batch can be
-rebuilt from the step number and resume is exact.
+`MixtureSource` is a batch source (scarce.data.sources). With `per="example"` (distill.mix, the default),
+of its ⌈real sequences / (1 − w)⌉ sequences a seeded random subset of exactly (that − real sequences) is
+synthetic: every sequence is synthetic with probability w, drawn per example as levanter's mixtures draw
+their source, so a batch mixes both. With `per="batch"`, of its ⌈real steps / (1 − w)⌉ steps a seeded
+subset of exactly (that − real steps) is synthetic, whole batches of one kind. Either way the student still
+makes exactly the configured passes over the real data (Kim et al. 2025, arXiv 2509.14786), and what is
+synthetic depends on (seed, length, w) alone, so any step's batch can be rebuilt from the step number and
+resume is exact.
 """
 
 import json
@@ -17,6 +20,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from scarce.atomic import write_bytes_atomic, write_json_atomic
 from scarce.data.batch import Batch, BatchSource
@@ -71,21 +75,46 @@ def open_synthetic(path: Path, store: TokenStore) -> tuple[np.ndarray, dict]:
 
 
 class MixtureSource:
-    """Real batches (an EpochLoader) and synthetic batches (epochs over the synthetic tokens), mixed per step."""
+    """Real sequences (an EpochLoader's stream) and synthetic ones (epochs over the synthetic tokens), mixed
+    per example or per batch.
 
-    def __init__(self, real: EpochLoader, synthetic: np.ndarray | None, weight: float, seed: int, rank: int = 0, world_size: int = 1):
+    Both modes lay out one stream of positions, each real or synthetic (`is_synthetic`), and cut it into
+    steps (`step_starts`); a real position takes the real stream's next sequence, a synthetic one the
+    synthetic stream's next."""
+
+    def __init__(self, real: EpochLoader, synthetic: np.ndarray | None, weight: float, seed: int, rank: int = 0,
+                 world_size: int = 1, per: str = "example"):
         if not 0 <= weight < 1:
             raise ScarceError(f"distill.weight={weight}: the synthetic fraction w must be in [0, 1)")
-        self.real, self.weight, self.seed = real, weight, seed
-        self.steps = math.ceil(round(real.steps / (1 - weight), 6))  # rounded: 150 / (1 − 0.9) is 1500, not 1501
-        synthetic_steps = self.steps - real.steps
-        self.is_synthetic = np.zeros(self.steps, dtype=bool)
+        if per not in ("example", "batch"):
+            raise ScarceError(f"distill.mix={per!r}: choose example or batch")
+        self.real, self.weight, self.seed, self.per, self.rank, self.world_size = real, weight, seed, per, rank, world_size
+        batch_size = real.batch_size
+        real_sequences = min(real.steps * batch_size, real.total_sequences)
         rng = np.random.default_rng([seed, MIXTURE_SEED_SALT])
-        self.is_synthetic[rng.choice(self.steps, synthetic_steps, replace=False)] = True
-        # the index of each step's batch within its own stream
-        self.index = np.where(self.is_synthetic, np.cumsum(self.is_synthetic) - 1, np.cumsum(~self.is_synthetic) - 1)
+        # rounded: 150 / (1 − 0.9) is 1500, not 1501
+        if per == "example":
+            positions = math.ceil(round(real_sequences / (1 - weight), 6))
+            self.is_synthetic = np.zeros(positions, dtype=bool)
+            self.is_synthetic[rng.choice(positions, positions - real_sequences, replace=False)] = True
+            self.steps = -(-positions // batch_size)
+            sizes = np.full(self.steps, batch_size)
+            sizes[-1] = positions - (self.steps - 1) * batch_size
+        else:
+            self.steps = math.ceil(round(real.steps / (1 - weight), 6))
+            synthetic_step = np.zeros(self.steps, dtype=bool)
+            synthetic_step[rng.choice(self.steps, self.steps - real.steps, replace=False)] = True
+            real_sizes = np.diff(np.minimum(np.arange(real.steps + 1) * batch_size, real_sequences))
+            sizes = np.where(synthetic_step, batch_size, 0)
+            sizes[~synthetic_step] = real_sizes  # the real batches as the real loader cuts them (a short last one)
+            self.is_synthetic = np.repeat(synthetic_step, sizes)
+        self.step_starts = np.concatenate([[0], np.cumsum(sizes)])
+        # each position's index within its own stream
+        synthetic_before = np.cumsum(self.is_synthetic) - self.is_synthetic
+        self.index = np.where(self.is_synthetic, synthetic_before, np.arange(len(self.is_synthetic)) - synthetic_before)
+        synthetic_sequences = int(self.is_synthetic.sum())
         self.synthetic = None
-        if synthetic_steps:
+        if synthetic_sequences:
             if synthetic is None:
                 raise ScarceError("distill.weight > 0 needs synthetic tokens (distill.synthetic)")
             if len(synthetic) < real.seq_len + 1:
@@ -94,14 +123,25 @@ class MixtureSource:
                     "sample more of them"
                 )
             per_epoch = (len(synthetic) - 1) // real.seq_len
-            epochs = max(1, math.ceil(synthetic_steps * real.batch_size / per_epoch))
-            self.synthetic = EpochLoader(synthetic, real.seq_len, real.batch_size, epochs, seed, rank, world_size)
+            self.synthetic = EpochLoader(synthetic, real.seq_len, batch_size, max(1, math.ceil(synthetic_sequences / per_epoch)),
+                                         seed, rank, world_size)
         self.unique_tokens = real.unique_tokens  # D counts the real data; the synthetic text is derived from it
         self.step = 0
 
     def batch(self, step: int) -> Batch:
-        stream = self.synthetic if self.is_synthetic[step] else self.real
-        return stream.batch(int(self.index[step]))
+        """This rank's rows of the step's positions: real ones, then synthetic ones, each in sequence order
+        (a step of one kind reads exactly as its stream's loader would)."""
+        start, stop = self.step_starts[step], self.step_starts[step + 1]
+        mine = np.arange(start, stop)[self.rank :: self.world_size]
+        rows = []
+        for stream, flag in ((self.real, False), (self.synthetic, True)):
+            chosen = mine[self.is_synthetic[mine] == flag]
+            if len(chosen):
+                first, last = self.index[chosen].min(), self.index[chosen].max() + 1
+                indices = np.sort(stream.stream_indices(first, last)[self.index[chosen] - first])
+                rows += [stream.tokens[i * stream.seq_len: i * stream.seq_len + stream.seq_len + 1] for i in indices]
+        rows = torch.from_numpy(np.asarray(rows, dtype=np.int64).reshape(-1, self.real.seq_len + 1))
+        return Batch(rows[:, :-1], rows[:, 1:], None, global_targets=int(stop - start) * self.real.seq_len)
 
     def __iter__(self):
         while self.step < self.steps:
@@ -110,25 +150,25 @@ class MixtureSource:
             yield batch
 
     def _counts(self, steps_done: int) -> tuple[int, int]:
-        """(real, synthetic) steps among the first `steps_done`."""
-        synthetic = int(self.is_synthetic[:steps_done].sum())
-        return min(steps_done, self.steps) - synthetic, synthetic
+        """(real, synthetic) sequences among the first `steps_done` steps."""
+        positions = int(self.step_starts[min(steps_done, self.steps)])
+        synthetic = int(self.is_synthetic[:positions].sum())
+        return positions - synthetic, synthetic
 
     def tokens_seen(self, steps_done: int) -> int:
-        real, synthetic = self._counts(steps_done)
-        return self.real.tokens_seen(real) + (self.synthetic.tokens_seen(synthetic) if self.synthetic else 0)
+        return sum(self._counts(steps_done)) * self.real.seq_len
 
     def epochs_completed(self, steps_done: int) -> float:
         """Passes over the real data."""
-        return self.real.epochs_completed(self._counts(steps_done)[0])
+        return self._counts(steps_done)[0] / self.real.n_sequences
 
     def state_dict(self) -> dict:
-        self.real.step = self._counts(self.step)[0]
-        return {"step": self.step, "weight": self.weight, "seed": self.seed, "steps": self.steps, "real": self.real.state_dict()}
+        return {"step": self.step, "weight": self.weight, "seed": self.seed, "steps": self.steps, "per": self.per,
+                "real": self.real.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("weight", "seed", "steps"):
-            if state.get(key) != getattr(self, key):
+        for key in ("weight", "seed", "steps", "per"):
+            if state.get(key, "batch" if key == "per" else None) != getattr(self, key):  # older checkpoints: per batch
                 raise ScarceError(
                     f"checkpoint's mixture has {key}={state.get(key)} but this run has {key}={getattr(self, key)}: "
                     "the config changed since the checkpoint was written"
@@ -142,4 +182,5 @@ def mix_synthetic(real: EpochLoader, config, store: TokenStore, rank: int = 0, w
     if config.distill.kind != "sequence":
         return real
     synthetic, _ = open_synthetic(config.distill.synthetic, store)
-    return MixtureSource(real, synthetic, config.distill.weight, config.train.data_seed, rank, world_size)
+    return MixtureSource(real, synthetic, config.distill.weight, config.train.data_seed, rank, world_size,
+                         per=config.distill.mix)

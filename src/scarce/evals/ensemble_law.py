@@ -5,18 +5,33 @@ from pathlib import Path
 import numpy as np
 
 from scarce.laws import PowerLaw, fit_law
+from scarce.laws.derived import asymptote
 from scarce.laws.io import fit_to_json
 
+K_LAW_BOOTSTRAP = 200  # resamples for the parameters' and the asymptote's intervals, as `scarce fit --bootstrap`
 
-def fit_ensemble_law(losses_by_k: list[dict]) -> dict:
-    """Fit L(K) = E + A / K^alpha to (k, loss) points by least squares on raw loss (as Kim et al. fit);
-    with fewer than 3 points the law is not fitted and the reason says so."""
+
+def fit_ensemble_law(losses_by_k: list[dict], bootstrap: int = K_LAW_BOOTSTRAP) -> dict:
+    """Fit L(K) = E + A / K^alpha to (k, loss) points by least squares on raw loss (as Kim et al. fit),
+    with the law library's report: bootstrap intervals, the asymptote's interval, and `identified`
+    (false, with `reason`, when the points cannot determine the parameters: no more points than
+    parameters, or the fit's `unidentified` list). With fewer than 3 points the law is not fitted."""
     if len(losses_by_k) < 3:
         return {"fitted": False, "reason": f"{len(losses_by_k)} ensemble sizes; the K-law's 3 parameters need K ≥ 3 members"}
-    law = fit_law(
-        PowerLaw(variable="K"), {"K": [p["k"] for p in losses_by_k]}, [p["loss"] for p in losses_by_k], loss="mse"
-    )
-    return {"fitted": True, **fit_to_json(law, columns={"K": "k"}, y_column="loss", source="scarce ensemble eval")}
+    law = fit_law(PowerLaw(variable="K"), {"K": [p["k"] for p in losses_by_k]}, [p["loss"] for p in losses_by_k],
+                  loss="mse", bootstrap=bootstrap)
+    out = {"fitted": True, **fit_to_json(law, columns={"K": "k"}, y_column="loss", source="scarce ensemble eval",
+                                         derived={"asymptote": asymptote(law)}), "identified": True}
+    free = len(law.param_names)
+    if len(losses_by_k) <= free:
+        # the curve passes through every point: zero residuals leave the bootstrap nothing to resample
+        for entry in [*out["parameters"].values(), out["derived"]["asymptote"]]:
+            entry["interval"] = None
+        out.update(identified=False, reason=f"{len(losses_by_k)} ensemble sizes for {free} parameters: the law passes "
+                                            "through every point, so nothing tests it and nothing bounds E; train more members")
+    elif law.report_.unidentified:
+        out.update(identified=False, reason=f"not determined by the data: {', '.join(law.report_.unidentified)}")
+    return out
 
 
 def plot_ensemble(result: dict, path: Path) -> Path:

@@ -115,7 +115,10 @@ def fit_to_json(law: Law, *, columns: Mapping[str, str], y_column: str, source: 
         "law": {"name": law.name, "formula": law.formula, "variables": dict(columns), "y": y_column,
                 "spec": law.to_dict()},
         "data": {"source": source, "n_points": report.n_points if report else None, "filters": list(filters),
-                 "best_per_x": best},
+                 "best_per_x": best,
+                 # where the law was fitted, per variable: a planner trusts it only there
+                 "ranges": {v: [float(np.min(values)), float(np.max(values))] for v, values in law.x_.items()}
+                 if getattr(law, "x_", None) is not None else None},
         "parameters": {k: {"value": v, "interval": list(intervals[k]) if k in intervals else None}
                        for k, v in law.params_.items()},
         "objective": getattr(law, "objective_", None),

@@ -14,10 +14,14 @@ allowed, tokens past a cap count as Muennighoff et al.'s effective data (2023, a
 U + U·R*·(1 − exp(−(tokens/U − 1)/R*)), R* = 15.4, and the plan says which phase repeats and how often;
 without it, no phase may exceed its cap.
 
-A law is trusted only where it was fitted: a specialist gets no D' at all, or at least `min_domain_tokens`
-(by default, from `scarce plan specialize`, the smallest D' of its fit: below it the re-warmed learning rate
-can raise the loss, which no form expresses). So the shared strategy also chooses which domains get a
-specialist; the rest use the general model (D'_i = 0).
+A law is trusted only where it was fitted (`fitted_minimum`, from `scarce plan specialize`: each domain's
+smallest fitted D and D'): a specialist gets at least the smallest D' of its fit (below it the re-warmed
+learning rate can raise the loss, which no form expresses), and a domain is predicted at D' = 0 (left to
+the general model) or D = 0 (domain-only) only when its law was fitted on such points. `fit_domains` fits
+the specialist points only (D' > 0, where both forms are defined), so with its fit the general and domain
+strategies, and a shared plan that leaves a domain without a specialist, are outside the fit and get no
+prediction; a law fitted on the general models' D' = 0 points too (`scarce fit` of the transfer form on
+the points CSV) plans them. Without `fitted_minimum` every D' down to one step and both zeros are allowed.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def fit_domains(points: Sequence, laws: Sequence[Law], *, bootstrap: int = 0, ho
         out["domains"][domain] = {
             "n_points": len(mine),
             "domain_tokens_fitted": [float(x["D_spec"].min()), float(x["D_spec"].max())],
+            "general_tokens_fitted": [float(x["D"].min()), float(x["D"].max())],
             "chosen": best.law,
             "comparison": [r.to_dict() for r in rows],
             "fits": [fit_to_json(r.fitted, columns={v: COLUMNS.get(v, v) for v in r.fitted.variables}, y_column="loss",
@@ -137,7 +142,7 @@ def _loss(law: Law, params: float, general: float, domain: float) -> float:
 def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Mapping[str, float],
                         weights: Mapping[str, float] | None = None, *, repeat: bool = True,
                         tokens_per_step: int = 1, min_params: float | None = None,
-                        params: float | None = None, min_domain_tokens: Mapping[str, float] | None = None,
+                        params: float | None = None, fitted_minimum: Mapping[str, Mapping[str, float]] | None = None,
                         ) -> dict[str, dict]:
     """The best allocation of `flops` for every strategy (see the module docstring), as JSON-ready dicts:
     {"params", "general_tokens", "domain_tokens": {name: D'}, "flops", "predicted_loss": {name, "mean"},
@@ -145,7 +150,9 @@ def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Ma
 
     unique_tokens: every planned domain's cap U_i (the domains planned). weights: of the mean (default
     equal; must sum to a positive number). Each phase a strategy uses gets at least one optimizer step of
-    `tokens_per_step` tokens, and a specialist of domain i at least `min_domain_tokens[i]`; models range
+    `tokens_per_step` tokens; with `fitted_minimum` ({domain: {"D": smallest fitted D, "D_spec": smallest
+    fitted D'}}) a specialist of domain i gets at least its smallest fitted D', and a plan that predicts a
+    domain at D' = 0 or D = 0 below what its law was fitted on gets no prediction (see the module); models range
     from `min_params` (default 1e3) up, or have exactly `params` (planning the tokens for a model size one
     can train). The shared plan's "specialists" names the domains that get one: starting from all, a
     domain is left to the general model while that lowers the predicted mean (greedy backward elimination;
@@ -176,9 +183,11 @@ def plan_specialization(laws: Mapping[str, Law], flops: float, unique_tokens: Ma
     if flops < smallest:
         raise ScarceError(f"--flops {flops:.3g} is below one optimizer step of the smallest model "
                           f"(6 × {math.exp(low):.3g} params × {tokens_per_step} tokens = {smallest:.3g})")
-    floors = {name: max(tokens_per_step, (min_domain_tokens or {}).get(name, 0.0)) for name in names}
+    fitted = {name: (fitted_minimum or {}).get(name, {}) for name in names}
+    floors = {name: max(tokens_per_step, fitted[name].get("D_spec", 0.0)) for name in names}
     plan = lambda strategy, specialists=names: _plan(strategy, laws, flops, unique_tokens, weights, repeat,
-                                                    tokens_per_step, low, floors, specialists, fixed=params is not None)
+                                                    tokens_per_step, low, floors, specialists, fitted,
+                                                    fixed=params is not None)
     plans = {strategy: plan(strategy) for strategy in STRATEGIES}
     shared = plans["shared"]
     while len(shared["specialists"]) > 1:  # leave a domain to the general model while that helps
@@ -212,7 +221,15 @@ def _phase_name(kind: str, domain: str | None) -> str:
     return "general" if domain is None else f"general:{domain}"
 
 
-def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, floors, specialists,
+def _outside_fit(fitted: Mapping[str, float], general: float, domain: float) -> str | None:
+    """Which zero a prediction at (D, D') needs that its law was not fitted on, or None."""
+    for value, key, what in ((domain, "D_spec", "D' = 0"), (general, "D", "D = 0")):
+        if value == 0 and fitted.get(key, 0.0) > 0:
+            return f"{what} (fitted from {key} = {fitted[key]:.3g})"
+    return None
+
+
+def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, floors, specialists, fitted,
           fixed=False) -> dict:
     names = list(unique)
     phases = _phases(strategy, names, specialists)
@@ -236,14 +253,17 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
             tokens = [min(t, c) for t, c in zip(tokens, caps)]
         return params, tokens, budget
 
-    def losses(params, tokens):
+    def losses(params, tokens, outside=None):
         general, domain = {}, {}
         for (kind, n), t, cap in zip(phases, tokens, caps):
             (general if kind == "general" else domain)[n] = effective_tokens(t, cap)
         out = {}
         for n in names:
-            d = general.get(n, general.get(None, 0.0))
-            out[n] = _loss(laws[n], params, d, domain.get(n, 0.0))
+            d, d_spec = general.get(n, general.get(None, 0.0)), domain.get(n, 0.0)
+            where = _outside_fit(fitted[n], d, d_spec)
+            if where and outside is not None:
+                outside[n] = where
+            out[n] = math.inf if where else _loss(laws[n], params, d, d_spec)
         return out
 
     def objective(z):
@@ -263,7 +283,8 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
         if best is None or result.fun < best.fun:
             best = result
     params, tokens, budget = allocate(best.x)
-    values = losses(params, tokens)
+    outside = {}
+    values = losses(params, tokens, outside)
     mean = sum(weights[n] * values[n] for n in names if weights[n] > 0)
     general = [t for (kind, _), t in zip(phases, tokens) if kind == "general"]
     plan = {
@@ -275,12 +296,17 @@ def _plan(strategy, laws, flops, unique, weights, repeat, tokens_per_step, low, 
                           for n in names},
         "specialists": [n for kind, n in phases if kind == "domain"],
         "flops": FLOPS_PER_PARAM_TOKEN * params * sum(tokens),
-        "predicted_loss": {**values, "mean": mean} if budget >= 0 and np.isfinite(mean) else None,
+        # a domain of weight 0 may be unpredictable (null) in a plan whose mean is
+        "predicted_loss": {**{n: v if math.isfinite(v) else None for n, v in values.items()}, "mean": mean}
+        if budget >= 0 and np.isfinite(mean) else None,
         "repetition": {_phase_name(kind, n): t / cap for (kind, n), t, cap in zip(phases, tokens, caps) if t > cap},
     }
     if budget < 0:
         plan["note"] = ("the budget cannot give every phase its minimum (one optimizer step; a specialist the "
                         "smallest D' its law was fitted on)")
+    elif outside:
+        plan["note"] = ("outside the fitted range: " + ", ".join(f"{n} at {w}" for n, w in outside.items()) +
+                        "; fit the general models' D' = 0 points too, or plan --beyond-fit")
     elif plan["predicted_loss"] is None:
         plan["note"] = "the fitted law cannot predict this strategy (e.g. the additive form at D' = 0 or D = 0)"
     return plan

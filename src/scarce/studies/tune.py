@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,21 @@ class TuneResult:
     neighbours: list[tuple[dict[str, Any], float]]  # its one-step neighbours and their losses, best first
     trials: list[tuple[dict[str, Any], float]]  # every setting evaluated, in order
     path: list[dict[str, Any]]  # the settings the descent moved through, start first
+    # axes on whose grid edge the optimum lies, with the way to extend: {axis: "below" | "above"}. Its
+    # neighbour that way was never tried, so it is optimal within the grid only.
+    edges: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         pairs = lambda items: [{"point": point, "loss": _finite(loss)} for point, loss in items]
         return {
             "axes": self.axes, "start": self.start, "optimum": self.optimum, "loss": _finite(self.loss),
-            "neighbours": pairs(self.neighbours), "trials": len(self.trials), "path": self.path,
+            "neighbours": pairs(self.neighbours), "trials": len(self.trials), "path": self.path, "edges": self.edges,
         }
+
+    def extend(self) -> str:
+        """How to extend the grid past the edges the optimum lies on ("" when it lies on none)."""
+        return "; ".join(f"{axis} at the grid's {'smallest' if way == 'below' else 'largest'} value "
+                         f"{self.optimum[axis]}: extend the grid {way} it" for axis, way in self.edges.items())
 
 
 def _finite(x: float) -> float | None:
@@ -124,7 +132,20 @@ def coordinate_descent(evaluate: Evaluate, axes: dict[str, Sequence], start: dic
             axes={name: grid for name, grid in zip(names, grids)}, start=as_point(path[0]), optimum=as_point(current),
             loss=losses[current], neighbours=sorted(((as_point(i), losses[i]) for i in around), key=lambda p: p[1]),
             trials=[(as_point(i), loss) for i, loss in losses.items()], path=[as_point(i) for i in path],
+            edges=_edges(names, grids, current),
         )
+
+
+def _edges(names: list[str], grids: list[list], index: tuple[int, ...]) -> dict[str, str]:
+    """The axes where `index` sits on the grid's first or last value, with a value beyond it (a one-value
+    axis is fixed, not searched; nothing lies below a weight decay of 0)."""
+    edges = {}
+    for name, grid, i in zip(names, grids, index):
+        if len(grid) > 1 and i == 0 and grid[0] > 0:
+            edges[name] = "below"
+        elif len(grid) > 1 and i == len(grid) - 1:
+            edges[name] = "above"
+    return edges
 
 
 # ---------------------------------------------------------------- tuning real runs
@@ -184,8 +205,10 @@ def tune(base: RunConfig, executor: Executor, axes: dict[str, Sequence] | None =
     moved = {k: f"{start[k]} → {v}" for k, v in result.start.items() if v != start[k]}
     console.print(
         (f"start snapped to the grid: {moved}\n" if moved else "")
-        + f"locally optimal after {len(result.path) - 1} move(s): {_setting(result.optimum)}, {metric} "
+        + ("locally optimal" if not result.edges else "optimal within the grid, on its edge,")
+        + f" after {len(result.path) - 1} move(s): {_setting(result.optimum)}, {metric} "
         + (f"{result.loss:.4f}" if math.isfinite(result.loss) else "none (every trial failed)")
+        + (f"\n[yellow]warning:[/yellow] {result.extend()} (a neighbour there was never tried)" if result.edges else "")
         + f"\n{len(result.trials)} trials ({trained} trained now, {len(result.trials) - trained} reused); "
         + (f"heat map {heatmap}" if heatmap else "")
     )

@@ -5,10 +5,17 @@ models' parameters are stacked (torch.func.stack_module_state), every forward an
 all members at once under torch.func.vmap, and one AdamW steps the stacked tensors (AdamW is elementwise,
 so that is K independent optimizers). Gradient clipping is per member. Each member reads its own batches
 (its data_seed) and starts from its own init (its seed), so it trains to the weights its separate run
-reaches, to float tolerance (tests/test_ensemble.py checks this).
+reaches, to float tolerance over a short run (tests/test_ensemble.py checks this). Not bit for bit, and
+not for long: on CPU the batched step runs attention through torch's math kernel (vmap has no rule for
+the flash kernel a separate run uses), so the two sum in another order and the weights drift apart as
+training goes on, as any two runs on different kernels do.
 
-Scope: members that differ only by seeds and name, plain next-token prediction, from-scratch init, no
-dropout (vmap would share or re-draw its masks), one process. Each member is written as an ordinary run
+Scope: members that differ only by seeds and name, plain next-token prediction over train.epochs of
+data.unique_tokens of one corpus (the "epochs" source: no train.tokens, data.domains or procedural data,
+which the loop's batch sources and stages would supply), from-scratch init, no dropout (vmap would share
+or re-draw its masks), one process; anything else is refused naming the key. A member whose training loss
+becomes non-finite is written "diverged" at its last good step, as the trainer writes it, and the others
+train on (each member's loss and update touch only its own slice). Each member is written as an ordinary run
 directory (config, final checkpoint of the weights, metrics, summary), so `scarce ensemble eval`, `scarce
 runs` and `scarce sample` read it like any run; the checkpoint holds no optimizer state, so a batched run
 cannot be resumed mid-way (it is written complete or not at all).
@@ -62,6 +69,13 @@ def check_batchable(configs: list[RunConfig]) -> None:
         raise ScarceError("batched members need model.dropout=0 (vmap cannot draw each member's own dropout masks as its run would)")
     if first.objective.kind != "ntp" or first.distill.kind != "none" or first.init.from_run is not None:
         raise ScarceError("batched members train from scratch with plain next-token loss (objective.kind='ntp', no [distill], no [init])")
+    # the batched loop reads train.epochs of one corpus's budget itself; these keys would be silently ignored
+    unsupported = {"train.tokens": first.train.tokens is not None, "data.source": first.data.source != "epochs",
+                   "data.domains": first.data.domains is not None, "procedural.task": first.procedural.task is not None}
+    named = [key for key, is_set in unsupported.items() if is_set]
+    if named:
+        raise ScarceError(f"batched members train train.epochs over data.unique_tokens of one corpus; {', '.join(named)} "
+                          "is set: drop it or use --executor local")
 
 
 def _stacked_optimizer(model: Transformer, params: dict, config: RunConfig) -> torch.optim.AdamW:
@@ -105,6 +119,7 @@ def train_batched(configs: list[RunConfig], progress: bool = True) -> list[Path]
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
 
     step_losses = vmap(member_loss)
+    diverged_at: dict[int, int] = {}  # member -> its first step with a non-finite training loss
     steps, started = loaders[0].steps, time.perf_counter()
     bar = Progress(TextColumn(f"{len(configs)} members, step {{task.completed}}/{steps}"), BarColumn(),
                    TimeRemainingColumn(), console=console, disable=not progress, transient=True)
@@ -119,13 +134,16 @@ def train_batched(configs: list[RunConfig], progress: bool = True) -> list[Path]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), _batchable_attention(device):
                 losses = step_losses(params, buffers, inputs, targets)
             (losses.sum() / batches[0].global_targets).backward()
+            for i in torch.nonzero(~torch.isfinite(losses.detach())).flatten().tolist():
+                diverged_at.setdefault(i, step)
             if first.optim.grad_clip > 0:
                 _clip_per_member(params, first.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(task, completed=step + 1)
     wall = time.perf_counter() - started
-    return [_write_member(i, config, models[i], params, loaders[i], shape, store, device, wall) for i, config in enumerate(configs)]
+    return [_write_member(i, config, models[i], params, loaders[i], shape, store, device, wall, diverged_at.get(i))
+            for i, config in enumerate(configs)]
 
 
 def _batchable_attention(device: torch.device):
@@ -136,23 +154,29 @@ def _batchable_attention(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _write_member(i, config, model, params, loader, shape, store, device, wall_seconds) -> Path:
-    """Member i's weights into its model, evaluated and written as a completed run directory."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name][i])
-    result = evaluate(model, store.eval_sample(config.data.eval_tokens), config.model.seq_len, config.train.batch_size, device)
+def _write_member(i, config, model, params, loader, shape, store, device, wall_seconds, diverged_step=None) -> Path:
+    """Member i's weights into its model, evaluated and written as a completed run directory; or, when its
+    training loss became non-finite at (0-based) `diverged_step`, a diverged one at its last good step, as
+    the trainer writes it (scarce.train.trainer._diverged), with no weights: a batched run keeps no earlier
+    checkpoint, and its last weights are not finite."""
     run_dir = runs.create_run_dir(config.runs_dir, config.name, config.model_dump(mode="json"))
-    steps = loader.steps
-    save_checkpoint(run_dir / runs.CHECKPOINTS_DIR, steps, model.state_dict(),
-                    {"batched": True, "schedule": {"step": steps, "total_steps": steps}}, config.train.keep_checkpoints)
-    runs.append_metrics(run_dir, {"step": steps, **result, "epochs_completed": loader.epochs_completed(steps)})
+    steps, result = loader.steps, {"val_loss": None, "val_bpb": None}
+    if diverged_step is None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(params[name][i])
+        result = evaluate(model, store.eval_sample(config.data.eval_tokens), config.model.seq_len, config.train.batch_size, device)
+        save_checkpoint(run_dir / runs.CHECKPOINTS_DIR, steps, model.state_dict(),
+                        {"batched": True, "schedule": {"step": steps, "total_steps": steps}}, config.train.keep_checkpoints)
+        runs.append_metrics(run_dir, {"step": steps, **result, "epochs_completed": loader.epochs_completed(steps)})
+    else:
+        steps = diverged_step  # steps 0 .. diverged_step - 1 were finite
     summary = {
-        "run_id": run_dir.name, "name": config.name, "status": "completed", "created_at": now(), "finished_at": now(),
-        "code_version": code_version(), "device": f"{device.type} x1 (batched)",
+        "run_id": run_dir.name, "name": config.name, "status": "completed" if diverged_step is None else "diverged",
+        "created_at": now(), "finished_at": now(), "code_version": code_version(), "device": f"{device.type} x1 (batched)",
         "params": shape.total_params(), "non_embedding_params": shape.non_embedding_params(),
         "flops_per_token": shape.train_flops_per_token(), "unique_tokens": loader.unique_tokens,
-        "unique_tokens_budget": len(loader.tokens), "epochs": config.train.epochs, "steps_total": steps, "init": None,
+        "unique_tokens_budget": len(loader.tokens), "epochs": config.train.epochs, "steps_total": loader.steps, "init": None,
         "steps": steps, "tokens_seen": loader.tokens_seen(steps), "epochs_completed": loader.epochs_completed(steps),
         "flops": shape.train_flops_per_token() * loader.tokens_seen(steps),
         "final_val_loss": result["val_loss"], "final_val_bpb": result["val_bpb"], "best_val_loss": result["val_loss"],

@@ -134,10 +134,12 @@ def sample_documents(
     batch_size: int = 64, seed: int = 0, cache: bool = True, combine: str = "logits", progress: bool = False,
     console: Console | None = None, stats: dict | None = None,
 ) -> Iterator[Document]:
-    """Whole documents until at least `n_tokens` tokens are sampled (documents in flight then finish).
+    """Whole documents until they hold at least `n_tokens` tokens (documents in flight then finish); the
+    end-of-text that closes a document is not one of its tokens.
 
     `models` (one, or an ensemble's members) are in eval mode on one device; the draws come from a
-    generator seeded with `seed` on that device. `stats`, if given, receives tokens and seconds.
+    generator seeded with `seed` on that device. `stats`, if given, receives tokens (the documents'),
+    draws (every sampled token, end-of-text included: the model's work) and seconds.
     """
     check_sampling(temperature, top_k, batch_size, n_tokens)
     device = next(models[0].parameters()).device
@@ -148,7 +150,8 @@ def sample_documents(
     positions = [0] * batch_size
     histories = [[eot_id] for _ in range(batch_size)]  # each row's document so far, with its prompt
     active = [True] * batch_size
-    sampled, started = 0, time.perf_counter()
+    sampled, kept, started = 0, 0, time.perf_counter()
+    most_draws = 100 * n_tokens + batch_size * context  # a model that (almost) only ends documents never fills N
     bar = Progress(
         TextColumn("sampling"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens  {task.fields[rate]}"),
         TimeRemainingColumn(), console=console or Console(stderr=True), disable=not progress, transient=True,
@@ -170,17 +173,21 @@ def sample_documents(
                 length = len(histories[row])  # tokens sampled into this document once this one counts
                 if token != eot_id:
                     histories[row].append(token)
+                    kept += 1
                 if token == eot_id or length == context:
                     yield Document(histories[row][1:], "eot" if token == eot_id else "length")
                     histories[row] = [eot_id]
-                    active[row] = sampled < n_tokens
+                    active[row] = kept < n_tokens
                     tokens[row], positions[row] = eot_id, 0
                 else:
                     tokens[row], positions[row] = token, length
+            if sampled > most_draws and kept < n_tokens:
+                raise ScarceError(f"{sampled:,} draws gave only {kept:,} document tokens of --tokens {n_tokens:,}: the "
+                                  "model nearly always samples end-of-text (train it longer, or raise the temperature)")
             rate = sampled / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=min(sampled, n_tokens), rate=f"{rate:,.0f} tok/s")
+            bar.update(task, completed=min(kept, n_tokens), rate=f"{rate:,.0f} tok/s")
     if stats is not None:
-        stats.update(tokens=sampled, seconds=time.perf_counter() - started)
+        stats.update(tokens=kept, draws=sampled, seconds=time.perf_counter() - started)
 
 
 def _recomputed_logits(model: Transformer, histories: list[list[int]], device: torch.device) -> torch.Tensor:
