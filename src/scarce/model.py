@@ -61,12 +61,18 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(shape.head_dim) if shape.qk_norm else nn.Identity()
         self.dropout = nn.Dropout(shape.dropout)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, positions=None):
+        """x (B, T, C) → (B, T, C); with positions (flat indices into B·T), only those queries: (len, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))
+        if positions is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))
+        rows, cols = positions // T, positions % T  # each query sees its own row up to itself
+        visible = torch.arange(T, device=x.device) <= cols[:, None]
+        y = F.scaled_dot_product_attention(q[rows, :, cols].unsqueeze(2), k[rows], v[rows], attn_mask=visible[:, None, None])
+        return self.dropout(self.out(y.reshape(len(positions), C)))
 
 
 class MLP(nn.Module):
@@ -86,8 +92,11 @@ class Block(nn.Module):
         self.attn_norm, self.attn = RMSNorm(shape.d_model), Attention(shape)
         self.mlp_norm, self.mlp = RMSNorm(shape.d_model), MLP(shape)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x, cos, sin, positions=None):
+        if positions is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin)
+        else:  # only the positions' residual stream goes on: (len(positions), C)
+            x = x.flatten(0, 1).index_select(0, positions) + self.attn(self.attn_norm(x), cos, sin, positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -111,13 +120,27 @@ class Transformer(nn.Module):
                 std = 0.02 / (2 * self.shape.n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) int64 → logits (B, T, vocab) in fp32."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) int64 → logits (B, T, vocab) in fp32.
+
+        positions: flat indices into the B·T positions (int64, e.g. a loss mask's `flatten().nonzero()`);
+        then only those positions' logits, (len(positions), vocab), so the output head and the loss cost
+        only what the counted positions need (a haystack row counts 1 of its 62). With at most one position
+        per row on average, the last block too runs only those queries (each gathers its row's keys and
+        values, a row per position: with more positions the whole last block is cheaper).
+        """
         T = tokens.shape[1]
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len {self.shape.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(tokens)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, cos, sin)
+        last = self.blocks[-1]
+        if positions is None:
+            x = last(x, cos, sin)
+        elif len(positions) <= len(tokens):
+            x = last(x, cos, sin, positions)
+        else:
+            x = last(x, cos, sin).flatten(0, 1).index_select(0, positions)
         return self.head(self.norm(x)).float()

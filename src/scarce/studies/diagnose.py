@@ -53,7 +53,9 @@ def diagnostic_config(task: str, params: dict | None = None, *, steps: int = PAP
         "data": {"source": "procedural"},
         "model": {**TINY_MODEL, "seq_len": seq_len},
         "optim": RECIPE,
-        "train": {"batch_size": batch_size, "tokens": steps * batch_size * seq_len, "seed": seed, "data_seed": seed},
+        # compiled: the elementwise work of a width-16 model fuses (benchmarks/bench_diagnostic.py)
+        "train": {"batch_size": batch_size, "tokens": steps * batch_size * seq_len, "seed": seed, "data_seed": seed,
+                  "compile": True},
         "procedural": {"task": task, "params": chosen.params()},
     }
     if warmup is not None:

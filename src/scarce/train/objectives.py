@@ -26,13 +26,20 @@ from scarce.errors import ScarceError
 MIR_EXECUTION_BY_DEVICE = {"cpu": "two_pass", "cuda": "concatenated"}
 
 
+def counted_positions(loss_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The flat indices of the positions whose loss counts (None: all of them), for the model's `positions`."""
+    return None if loss_mask is None else loss_mask.flatten().nonzero().squeeze(1)
+
+
 def token_loss_sum(model, inputs: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
-    """Summed next-token cross-entropy over the positions that count."""
-    logits = model(inputs)
-    if loss_mask is None:
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    return (losses * loss_mask.flatten()).sum()
+    """Summed next-token cross-entropy over the positions that count.
+
+    With a loss mask the model computes its output head only at the counted positions (model.forward's
+    `positions`), so the head and the loss cost nothing where nothing is counted."""
+    positions = counted_positions(loss_mask)
+    logits = model(inputs) if positions is None else model(inputs, positions)
+    counted_targets = targets.flatten() if positions is None else targets.flatten().index_select(0, positions)
+    return F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="sum")
 
 
 class NextToken:
@@ -97,14 +104,13 @@ class MaskedInput:
             return self.weight * token_loss_sum(model, masked_inputs, batch.targets, batch.loss_mask), None
 
         def concatenated(model):  # one pass over [clean; masked] rows: the same sums, one bigger matmul each
-            targets = torch.cat([batch.targets, batch.targets])
-            mask = None if batch.loss_mask is None else torch.cat([batch.loss_mask, batch.loss_mask])
-            losses = F.cross_entropy(
-                model(torch.cat([batch.inputs, masked_inputs])).flatten(0, 1), targets.flatten(), reduction="none"
-            )
-            if mask is not None:
-                losses = losses * mask.flatten()
-            clean_sum, masked_sum = losses.view(2, -1).sum(dim=1)
+            targets = torch.cat([batch.targets, batch.targets]).flatten()
+            positions = counted_positions(None if batch.loss_mask is None else torch.cat([batch.loss_mask, batch.loss_mask]))
+            inputs = torch.cat([batch.inputs, masked_inputs])
+            logits = model(inputs) if positions is None else model(inputs, positions)
+            counted_targets = targets if positions is None else targets.index_select(0, positions)
+            losses = F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="none")
+            clean_sum, masked_sum = losses.view(2, -1).sum(dim=1)  # the counted positions of the clean rows come first
             return clean_sum + self.weight * masked_sum, clean_sum
 
         return [clean, masked] if self.execution == "two_pass" else [concatenated]
