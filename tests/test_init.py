@@ -57,12 +57,14 @@ def test_the_source_and_groups_are_recorded(tmp_path, source_run):
 
 
 def test_mean_embedding_init_sets_every_row_to_the_sources_mean(tmp_path, source_run):
+    """As the reference's "average" init: the input embedding's rows and the output head's."""
     source = first_weights(source_run)
     cfg = config(tmp_path, "mean", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
                  "init.embedding_init='mean'", "optim.lr=1e-12", "train.epochs=1")
-    embed = first_weights(train(cfg, progress=False))["embed.weight"]
+    weights = first_weights(train(cfg, progress=False))
     expected = source["embed.weight"].mean(dim=0)
-    torch.testing.assert_close(embed, expected.expand_as(embed), atol=1e-8, rtol=0)
+    for name in ("embed.weight", "head.weight"):
+        torch.testing.assert_close(weights[name], expected.expand_as(weights[name]), atol=1e-8, rtol=0)
 
 
 def test_a_mir_model_can_start_from_an_ntp_run_and_keeps_its_mask_row_fresh(tmp_path, source_run):

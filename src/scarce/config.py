@@ -183,7 +183,8 @@ class InitConfig(Section):
     from_run: Path | None = None  # a run directory; None: from scratch
     checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
     groups: list[Literal[WEIGHT_GROUPS]] = list(WEIGHT_GROUPS)  # copied; the rest are freshly initialized
-    # embeddings not copied: "random" (the usual init) or "mean" (every row = the mean of the source's rows)
+    # embeddings not copied: "random" (the usual init) or "mean" (every row of the input embedding, and of the
+    # output head unless copied, = the mean of the source's embedding rows: the reference's "average")
     embedding_init: Literal["random", "mean"] = "random"
     # "weights": copy `groups` and train a new run; "continue": resume the source's whole training state
     # (weights, optimizer, data position, objective, RNG) at the checkpoint, with this run's own length and
@@ -251,7 +252,7 @@ class ProceduralConfig(Section):
     steps: int | None = Field(None, ge=1)  # warmup: the stage's optimizer steps (or `tokens`)
     batch_size: int | None = Field(None, ge=1)  # warmup: sequences per step; None: train.batch_size
     transfer: list[Literal[TRANSFER_GROUPS]] = list(TRANSFER_GROUPS)  # warmup: groups copied; the rest fresh
-    embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every row the warm-up's mean row
+    embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every embedding and head row the warm-up's mean row
     fraction: float | None = Field(None, ge=0, lt=1)  # mix: share of the run's training tokens, first
     optim: WarmupOptimConfig = WarmupOptimConfig()  # warmup: the stage's optimizer
 

@@ -23,6 +23,11 @@ PAPER_STEPS, PAPER_BATCH = 10_000, 1000
 TINY_MODEL = {"size": "micro", "n_layers": 2, "d_model": 16, "n_heads": 4, "ffn_hidden": 64}
 RECIPE = {"lr": 1e-3, "schedule": "cosine", "warmup_fraction": 0.05, "weight_decay": 0.001}
 DIAGNOSTIC_FILE = "diagnostic.json"
+# The paper's haystack accuracies at its protocol (Jiang et al. 2026, the needle-in-a-haystack figure), and
+# two chance levels: a uniform guess over the 127 values; a uniform guess among the distinct values present
+# in the context (E[1/distinct values] under the generator, by simulation of 200,000 examples).
+PAPER_HAYSTACK = {"scratch": 0.113, "dyck": 0.969, "shuffled dyck": 0.103}
+HAYSTACK_CHANCE = {"uniform over the values": 1 / 127, "a value present in the context": 0.137}
 
 
 def diagnostic_config(task: str, params: dict | None = None, *, steps: int = PAPER_STEPS, batch_size: int = PAPER_BATCH,

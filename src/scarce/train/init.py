@@ -83,7 +83,10 @@ def initialize(model: Transformer, cfg: InitConfig) -> dict | None:
                 f"init.embedding_init='mean': run {cfg.from_run} has d_model {rows.shape[1]}, "
                 f"this model {own['embed.weight'].shape[1]}"
             )
-        copied["embed.weight"] = rows.mean(dim=0).expand_as(own["embed.weight"]).clone()
+        mean = rows.mean(dim=0)
+        copied["embed.weight"] = mean.expand_as(own["embed.weight"]).clone()
+        if "head" not in cfg.groups:  # as the reference's "average" init does: the output head's rows too
+            copied["head.weight"] = mean.expand_as(own["head.weight"]).clone()
     model.load_state_dict({**own, **copied})
     return {
         "from_run": Path(cfg.from_run).name,
