@@ -184,6 +184,14 @@ def test_diagnose_from_a_warmup_on_the_command_line(tmp_path):
     assert bad.exit_code != 0 and "--transfer: 'attn'" in str(bad.exception)
 
 
+def test_diagnose_haystack_prints_the_papers_numbers_and_the_chance_levels(tmp_path):
+    result = CliRunner().invoke(app, ["diagnose", "haystack", "--steps", "1", "--batch-size", "4", "--runs-dir",
+                                      str(tmp_path / "runs"), "--no-progress", "--set", "train.compile=false"])
+    assert result.exit_code == 0, result.output
+    for number in ("scratch 11.3%", "dyck 96.9%", "shuffled dyck 10.3%", "0.79%", "13.70%"):
+        assert number in result.output
+
+
 def write_run(runs_dir, name, evals, init=None):
     """A run directory with evaluations at (step, val_loss): 100 tokens a step."""
     run_dir = runs_dir / name

@@ -43,9 +43,20 @@ def _diagnostic_command(command: str, task: str):
         start = f" from {result['warmup']} ({','.join(result['transfer'])})" if result["warmup"] else " from scratch"
         console.print(f"{command}{start}: accuracy {result['accuracy']:.4f} on {result['examples']} held-out examples"
                       f"{digits} → {run_dir}")
+        if task == "haystack":
+            console.print(haystack_reference())
 
     diagnose.__doc__ = f"Train the tiny diagnostic model on {task} and score it on the 4000 held-out examples."
     return diagnose
+
+
+def haystack_reference() -> str:
+    """The paper's haystack accuracies and the chance levels, to read a result against."""
+    from scarce.studies.diagnose import HAYSTACK_CHANCE, PAPER_BATCH, PAPER_HAYSTACK, PAPER_STEPS
+
+    paper = ", ".join(f"{arm} {accuracy:.1%}" for arm, accuracy in PAPER_HAYSTACK.items())
+    chance = ", ".join(f"{label} {accuracy:.2%}" for label, accuracy in HAYSTACK_CHANCE.items())
+    return f"the paper ({PAPER_STEPS:,} steps of {PAPER_BATCH:,}): {paper}; chance: {chance}"
 
 
 # one command per diagnostic: command name, task name (scarce procedural list)
