@@ -9,8 +9,8 @@ examples of 64 tokens (one per row); the haystack run then copies attention, MLP
 every input-embedding and output-head row to the warm-up's mean embedding row (the reference's
 `everything` transfer with `average` embedding init).
 
-    python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000]
-    python evidence/haystack.py collect [--runs-dir runs/evidence-haystack] [--out docs/evidence/procedural_haystack.json]
+    python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
+    python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
 
 `run` trains the arms one after another (each run's metrics.jsonl holds its accuracy curve as it goes);
 `collect` reads whatever the runs have written so far, finished or not, and writes the JSON and a plot
@@ -42,14 +42,14 @@ ARMS = {"scratch": None, "dyck": DYCK, "shuffled dyck": {**DYCK, "shuffled": Tru
 INDEX = "arms.json"  # arm and seed → run directory, written as each run starts
 
 
-def run(runs_dir: Path, seeds: list[int], steps: int) -> None:
+def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str]) -> None:
     torch.set_num_threads(1)
     runs_dir.mkdir(parents=True, exist_ok=True)
     index_path = runs_dir / INDEX
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     for seed in seeds:
-        for arm, warmup_params in ARMS.items():
-            key = f"{arm}/seed{seed}"
+        for arm in arms:
+            warmup_params, key = ARMS[arm], f"{arm}/seed{seed}"
             if key in index:
                 continue
             warmup = None
@@ -74,10 +74,9 @@ def _run_dir(runs_dir: Path, entry: dict) -> Path | None:
     return started[-1] if started else None
 
 
-def collect(runs_dir: Path, out: Path) -> dict:
-    index = json.loads((runs_dir / INDEX).read_text())
+def collect(runs_dirs: list[Path], out: Path) -> dict:
     arms = {}
-    for key, entry in index.items():
+    for runs_dir, key, entry in [(d, k, e) for d in runs_dirs for k, e in json.loads((d / INDEX).read_text()).items()]:
         run_dir = _run_dir(runs_dir, entry)
         if run_dir is None:
             continue
@@ -123,13 +122,15 @@ def collect(runs_dir: Path, out: Path) -> dict:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["run", "collect"])
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/evidence-haystack"))
+    parser.add_argument("--runs-dir", type=Path, nargs="+", default=[Path("runs/evidence-haystack")],
+                        help="run: one; collect: any number (arms run in parallel, each in its own)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     args = parser.parse_args()
     if args.what == "run":
-        run(args.runs_dir, args.seeds, args.steps)
+        run(args.runs_dir[0], args.seeds, args.steps, args.arms)
     else:
         print(json.dumps(collect(args.runs_dir, args.out)["arms"], indent=1)[:3000])
 

@@ -104,7 +104,11 @@ class Transformer(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.shape = shape
-        self.embed = nn.Embedding(shape.vocab_size + shape.extra_input_tokens, shape.d_model)
+        # the constructor draws the vocabulary's rows only, as a model without input-only rows does; those rows
+        # are appended here and drawn last (reset_parameters)
+        vocab_rows = nn.Embedding(shape.vocab_size, shape.d_model).weight.detach()
+        self.embed = nn.Embedding(shape.vocab_size + shape.extra_input_tokens, shape.d_model,
+                                  _weight=torch.cat([vocab_rows, vocab_rows.new_empty(shape.extra_input_tokens, shape.d_model)]))
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
         self.norm = RMSNorm(shape.d_model)
         self.head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
@@ -115,10 +119,14 @@ class Transformer(nn.Module):
 
     def reset_parameters(self):
         # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
+        vocab = self.shape.vocab_size
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / (2 * self.shape.n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.normal_(p[:vocab] if name == "embed.weight" else p, mean=0.0, std=std)
+        # input-only rows (MIR's mask token) drawn last: a run with them starts from the same shared weights
+        # as one without at the same seed
+        nn.init.normal_(self.embed.weight[vocab:], mean=0.0, std=0.02)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) int64 → logits (B, T, vocab) in fp32.

@@ -6,7 +6,8 @@ averaged) over the positions whose loss counts; `ntp_sum` is the plain next-toke
 `train_loss` the trainer logs (None when the pass has none). The trainer divides by the global batch's
 counted positions, so a step's loss is a mean over the global batch whatever the micro-batching or the
 process layout. Passes are backpropagated one after another, so one pass's activations are alive at a
-time. A source's loss mask restricts every objective's loss to its positions.
+time. A source's loss mask restricts every objective's loss to its positions. `logged(objective, ntp)`
+turns a step's two global means into what the metrics record beside `train_loss`.
 """
 
 from pathlib import Path
@@ -53,6 +54,9 @@ class NextToken:
             return loss, loss
 
         return [ntp]
+
+    def logged(self, objective: float, ntp: float) -> dict:
+        return {}
 
     def state_dict(self) -> dict:
         return {}
@@ -115,6 +119,11 @@ class MaskedInput:
 
         return [clean, masked] if self.execution == "two_pass" else [concatenated]
 
+    def logged(self, objective: float, ntp: float) -> dict:
+        """The combined loss and the masked pass's own loss (a mean over the same positions), as the
+        reference logs them beside the clean one."""
+        return {"train_combined_loss": objective, "train_masked_loss": (objective - ntp) / self.weight if self.weight else None}
+
     def state_dict(self) -> dict:
         return {"batches_masked": self.batches_masked}
 
@@ -149,6 +158,9 @@ class TokenDistillation:
             return (1 - self.weight) * ntp.sum() + self.weight * kl.sum(), ntp.sum()
 
         return [distill]
+
+    def logged(self, objective: float, ntp: float) -> dict:
+        return {"train_combined_loss": objective}
 
     def state_dict(self) -> dict:
         return {}
