@@ -11,6 +11,10 @@ from scarce.commands.options import console
 Params = Annotated[Optional[list[str]], typer.Argument(help="Task parameters, e.g. digits=3")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps (the paper: 10000)")]
 Batch = Annotated[int, typer.Option(help="Rows per step, one example each (the paper: 1000)")]
+TaskSteps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the paper's 10000; "
+                                                  "multiplication: the reference's 156250)")]
+TaskBatch = Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step, one example each (default: the "
+                                                  "paper's 1000; multiplication: the reference's 64)")]
 Seed = Annotated[int, typer.Option(help="Model and data seed")]
 RunsDir = Annotated[Path, typer.Option(help="Where the run goes")]
 SetOptions = Annotated[Optional[list[str]], typer.Option("--set", help="A config override, e.g. optim.lr=3e-3 (repeatable)")]
@@ -32,7 +36,7 @@ def _diagnostic_command(command: str, task: str):
         params: Params = None,
         warmup: Annotated[Optional[Path], typer.Option(help="A warm-up run to start from (same model shape)")] = None,
         transfer: Annotated[Optional[str], typer.Option(help="Groups copied from --warmup: attention,mlp,norms (default all)")] = None,
-        steps: Steps = 10_000, batch_size: Batch = 1000, seed: Seed = 0, runs_dir: RunsDir = Path("runs"),
+        steps: TaskSteps = None, batch_size: TaskBatch = None, seed: Seed = 0, runs_dir: RunsDir = Path("runs"),
         overrides: SetOptions = None, progress: bool = True,
     ):
         from scarce.studies.diagnose import record_diagnostic
