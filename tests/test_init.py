@@ -9,7 +9,7 @@ from scarce import runs
 from scarce.checkpoint import checkpoint_dirs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.model import weight_group
+from scarce.model import transferred
 from scarce.train.trainer import train
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",
@@ -31,7 +31,8 @@ def source_run(tmp_path_factory):
     return train(config(root, "source", "train.seed=7"), progress=False)
 
 
-@pytest.mark.parametrize("groups", [["attention"], ["mlp", "norms"], ["attention", "mlp", "norms", "embeddings", "head"]])
+@pytest.mark.parametrize("groups", [["attention"], ["mlp", "norms"], ["attention", "mlp", "norms", "embeddings", "head"],
+                                    ["heads"], ["attn+ln", "mlp"]])
 def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):
     source = first_weights(source_run)
     # lr so small that one AdamW step moves no weight by more than 1e-9: the checkpoint shows the start
@@ -39,8 +40,13 @@ def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):
                  "optim.lr=1e-12", "train.epochs=1", "train.seed=3")
     target = first_weights(train(cfg, progress=False))
     scratch = first_weights(train(config(tmp_path, "scratch", "optim.lr=1e-12", "train.epochs=1", "train.seed=3"), progress=False))
+    copied = sorted(name for name in target if transferred(name, groups))
+    if groups == ["heads"]:  # the reference's "heads": the q/k/v projection only
+        assert copied == ["blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"]
+    if "attn+ln" in groups:  # the reference's "attn+ln": attention and the norm before it
+        assert "blocks.0.attn_norm.weight" in copied and "blocks.0.mlp_norm.weight" not in copied
     for name, value in target.items():
-        if weight_group(name) in groups:
+        if transferred(name, groups):
             torch.testing.assert_close(value, source[name], atol=1e-8, rtol=0)
         else:  # fresh: the same init as a from-scratch run with this seed, not the source's
             torch.testing.assert_close(value, scratch[name], atol=1e-8, rtol=0)

@@ -175,6 +175,9 @@ class ObjectiveConfig(Section):
 
 
 WEIGHT_GROUPS = ("attention", "mlp", "norms", "embeddings", "head")
+# The procedural reference's narrower selections (scarce.model.transferred): "heads" = the q/k/v projection
+# only (its attn.c_attn); "attn+ln" = attention and the norm before it (attn.c_attn, attn.c_proj, ln_1)
+TRANSFER_SELECTIONS = ("heads", "attn+ln")
 
 
 class InitConfig(Section):
@@ -182,7 +185,7 @@ class InitConfig(Section):
 
     from_run: Path | None = None  # a run directory; None: from scratch
     checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
-    groups: list[Literal[WEIGHT_GROUPS]] = list(WEIGHT_GROUPS)  # copied; the rest are freshly initialized
+    groups: list[Literal[WEIGHT_GROUPS + TRANSFER_SELECTIONS]] = list(WEIGHT_GROUPS)  # copied; the rest fresh
     # embeddings not copied: "random" (the usual init) or "mean" (every row of the input embedding, and of the
     # output head unless copied, = the mean of the source's embedding rows: the reference's "average")
     embedding_init: Literal["random", "mean"] = "random"
@@ -251,7 +254,7 @@ class ProceduralConfig(Section):
     tokens: int | None = Field(None, ge=1)  # warmup: the stage's training tokens (or `steps`)
     steps: int | None = Field(None, ge=1)  # warmup: the stage's optimizer steps (or `tokens`)
     batch_size: int | None = Field(None, ge=1)  # warmup: sequences per step; None: train.batch_size
-    transfer: list[Literal[TRANSFER_GROUPS]] = list(TRANSFER_GROUPS)  # warmup: groups copied; the rest fresh
+    transfer: list[Literal[TRANSFER_GROUPS + TRANSFER_SELECTIONS]] = list(TRANSFER_GROUPS)  # warmup: copied; the rest fresh
     embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every embedding and head row the warm-up's mean row
     fraction: float | None = Field(None, ge=0, lt=1)  # mix: share of the run's training tokens, first
     optim: WarmupOptimConfig = WarmupOptimConfig()  # warmup: the stage's optimizer
@@ -281,7 +284,8 @@ class ProceduralConfig(Section):
     @classmethod
     def _groups(cls, transfer):
         if not transfer or len(set(transfer)) != len(transfer):
-            raise ValueError(f"name each group at most once and at least one of {', '.join(TRANSFER_GROUPS)}")
+            raise ValueError(f"name each group at most once and at least one of "
+                             f"{', '.join(TRANSFER_GROUPS + TRANSFER_SELECTIONS)}")
         return transfer
 
 

@@ -29,6 +29,14 @@ def weight_group(name: str) -> str:
     return "norms"  # blocks.*.attn_norm, blocks.*.mlp_norm, norm
 
 
+def transferred(name: str, groups) -> bool:
+    """Whether weight `name` is copied when `groups` are: whole groups (weight_group), or the procedural
+    reference's narrower selections, "heads" (the q/k/v projection only) and "attn+ln" (attention and the
+    norm before it)."""
+    return (weight_group(name) in groups or ("heads" in groups and name.endswith(".attn.qkv.weight"))
+            or ("attn+ln" in groups and (weight_group(name) == "attention" or name.endswith(".attn_norm.weight"))))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

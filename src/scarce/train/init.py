@@ -16,7 +16,7 @@ from scarce import runs
 from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
 from scarce.config import InitConfig, RunConfig
 from scarce.errors import ScarceError
-from scarce.model import Transformer, weight_group
+from scarce.model import Transformer, transferred, weight_group
 from scarce.train.optim import lr_at
 
 
@@ -57,7 +57,7 @@ def initialize(model: Transformer, cfg: InitConfig) -> dict | None:
     copied = {}
     for name, tensor in own.items():
         group = weight_group(name)
-        if group not in cfg.groups:
+        if not transferred(name, cfg.groups):
             continue
         if name not in source:
             raise ScarceError(
@@ -73,7 +73,7 @@ def initialize(model: Transformer, cfg: InitConfig) -> dict | None:
                 f"but {tuple(target.shape)} in this model"
             )
         copied[name] = torch.cat([value, tensor[vocab_rows:]]) if name == "embed.weight" else value
-    missing = sorted(n for n in source if weight_group(n) in cfg.groups and n not in own)
+    missing = sorted(n for n in source if transferred(n, cfg.groups) and n not in own)
     if missing:
         raise ScarceError(f"init.groups: run {cfg.from_run} has weights this model lacks: {', '.join(missing)}")
     if cfg.embedding_init == "mean":
