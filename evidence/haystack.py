@@ -42,7 +42,7 @@ ARMS = {"scratch": None, "dyck": DYCK, "shuffled dyck": {**DYCK, "shuffled": Tru
 INDEX = "arms.json"  # arm and seed → run directory, written as each run starts
 
 
-def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str]) -> None:
+def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_steps: int = WARMUP_STEPS) -> None:
     torch.set_num_threads(1)
     runs_dir.mkdir(parents=True, exist_ok=True)
     index_path = runs_dir / INDEX
@@ -54,7 +54,7 @@ def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str]) -> None:
                 continue
             warmup = None
             if warmup_params is not None:
-                warmup = train(diagnostic_config("dyck", warmup_params, steps=WARMUP_STEPS, seed=seed, runs_dir=runs_dir,
+                warmup = train(diagnostic_config("dyck", warmup_params, steps=warmup_steps, seed=seed, runs_dir=runs_dir,
                                                  name=f"warmup-{arm.replace(' ', '-')}-s{seed}"), progress=False)
             config = diagnostic_config("haystack", steps=steps, seed=seed, warmup=warmup, runs_dir=runs_dir,
                                        name=f"haystack-{arm.replace(' ', '-')}-s{seed}",
@@ -86,6 +86,7 @@ def collect(runs_dirs: list[Path], out: Path) -> dict:
         reached = curve[-1][0] if curve else 0
         arms[key] = {
             "run": run_dir.name, "status": summary["status"], "warmup": Path(entry["warmup"]).name if entry["warmup"] else None,
+            "warmup_steps": runs.read_summary(Path(entry["warmup"]))["steps"] if entry["warmup"] else None,
             "steps_total": steps_total, "steps_evaluated": reached,
             "fraction_of_protocol": reached / PAPER_STEPS,
             "final_accuracy": curve[-1][1] if curve else None,
@@ -125,12 +126,13 @@ def main():
     parser.add_argument("--runs-dir", type=Path, nargs="+", default=[Path("runs/evidence-haystack")],
                         help="run: one; collect: any number (arms run in parallel, each in its own)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="the Dyck warm-ups' steps of 1,000 rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     args = parser.parse_args()
     if args.what == "run":
-        run(args.runs_dir[0], args.seeds, args.steps, args.arms)
+        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
     else:
         print(json.dumps(collect(args.runs_dir, args.out)["arms"], indent=1)[:3000])
 
