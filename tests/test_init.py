@@ -9,7 +9,7 @@ from scarce import runs
 from scarce.checkpoint import checkpoint_dirs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.model import transferred
+from scarce.model import transferred, weight_group
 from scarce.train.trainer import train
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",
@@ -51,6 +51,30 @@ def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):
         else:  # fresh: the same init as a from-scratch run with this seed, not the source's
             torch.testing.assert_close(value, scratch[name], atol=1e-8, rtol=0)
             assert not torch.allclose(value, source[name]) or value.dim() == 1, name  # norm gains start at 1 either way
+
+
+def test_groups_are_assembled_from_several_runs_in_one_init(tmp_path, source_run):
+    """The paper's best configuration: attention from one warm-up, the MLP from another."""
+    other_run = train(config(tmp_path, "other", "train.seed=8"), progress=False)
+    attention_from, mlp_from = first_weights(source_run), first_weights(other_run)
+    cfg = config(tmp_path, "both", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
+                 f"init.sources=[{{from_run={str(other_run)!r}, groups=['mlp']}}]", "optim.lr=1e-12", "train.epochs=1")
+    run_dir = train(cfg, progress=False)
+    start = first_weights(run_dir)
+    for name, value in start.items():
+        expected = {"attention": attention_from, "mlp": mlp_from}.get(weight_group(name))
+        if expected is not None:
+            torch.testing.assert_close(value, expected[name], atol=1e-8, rtol=0)
+        elif value.dim() == 2:
+            assert not torch.allclose(value, attention_from[name]) and not torch.allclose(value, mlp_from[name]), name
+    (more,) = runs.read_summary(run_dir)["init"]["sources"]
+    assert more["from_run"] == other_run.name and more["groups"] == ["mlp"]
+    with pytest.raises(ScarceError, match="a group is copied from two runs"):
+        config(tmp_path, "x", f"init.from_run={str(source_run)!r}", "init.groups=['mlp']",
+               f"init.sources=[{{from_run={str(other_run)!r}, groups=['mlp']}}]")
+    with pytest.raises(ScarceError, match=r"blocks.1.attn.qkv.weight would come from .* and from an earlier run"):
+        train(config(tmp_path, "y", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
+                     f"init.sources=[{{from_run={str(other_run)!r}, groups=['heads']}}]"), progress=False)
 
 
 def test_the_source_and_groups_are_recorded(tmp_path, source_run):

@@ -180,8 +180,17 @@ WEIGHT_GROUPS = ("attention", "mlp", "norms", "embeddings", "head")
 TRANSFER_SELECTIONS = ("heads", "attn+ln")
 
 
+class InitSource(Section):
+    """One more run whose checkpoint hands on its own weight groups (init.sources)."""
+
+    from_run: Path
+    checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
+    groups: list[Literal[WEIGHT_GROUPS + TRANSFER_SELECTIONS]]
+
+
 class InitConfig(Section):
-    """Where the weights start: from scratch, or named weight groups copied from another run's checkpoint."""
+    """Where the weights start: from scratch, or named weight groups copied from another run's checkpoint,
+    and from further runs' checkpoints (`sources`: e.g. attention from a set warm-up, the MLP from an ECA one)."""
 
     from_run: Path | None = None  # a run directory; None: from scratch
     checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
@@ -193,9 +202,16 @@ class InitConfig(Section):
     # (weights, optimizer, data position, objective, RNG) at the checkpoint, with this run's own length and
     # schedule: a WSD decay branch (docs/specialization.md)
     mode: Literal["weights", "continue"] = "weights"
+    sources: list[InitSource] = []  # further runs, each copying its own groups (no weight from two runs)
 
     @model_validator(mode="after")
     def _groups(self):
+        if self.sources and (self.from_run is None or self.mode == "continue"):
+            raise ValueError("sources add groups from further runs to from_run's: give from_run, with mode='weights'")
+        named = self.groups + [g for s in self.sources for g in s.groups]
+        if self.sources and len(set(named)) != len(named):
+            raise ValueError(f"a group is copied from two runs: groups {self.groups} and sources' groups "
+                             f"{[s.groups for s in self.sources]} must not share a name")
         if self.mode == "continue":
             if self.from_run is None:
                 raise ValueError("mode='continue' needs from_run (the run to branch from)")
