@@ -38,7 +38,7 @@ def token_loss_sum(model, inputs: torch.Tensor, targets: torch.Tensor, loss_mask
     With a loss mask the model computes its output head only at the counted positions (model.forward's
     `positions`), so the head and the loss cost nothing where nothing is counted."""
     positions = counted_positions(loss_mask)
-    logits = model(inputs, positions)
+    logits = model(inputs) if positions is None else model(inputs, positions)
     counted_targets = targets.flatten() if positions is None else targets.flatten().index_select(0, positions)
     return F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="sum")
 
@@ -111,7 +111,7 @@ class MaskedInput:
             targets = torch.cat([batch.targets, batch.targets]).flatten()
             positions = counted_positions(None if batch.loss_mask is None else torch.cat([batch.loss_mask, batch.loss_mask]))
             inputs = torch.cat([batch.inputs, masked_inputs])
-            logits = model(inputs, positions)
+            logits = model(inputs) if positions is None else model(inputs, positions)
             counted_targets = targets if positions is None else targets.index_select(0, positions)
             losses = F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="none")
             clean_sum, masked_sum = losses.view(2, -1).sum(dim=1)  # the counted positions of the clean rows come first
