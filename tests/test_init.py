@@ -9,7 +9,7 @@ from scarce import runs
 from scarce.checkpoint import checkpoint_dirs
 from scarce.config import resolve_config
 from scarce.errors import ScarceError
-from scarce.model import weight_group
+from scarce.model import transferred, weight_group
 from scarce.train.trainer import train
 
 MICRO = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",
@@ -31,7 +31,8 @@ def source_run(tmp_path_factory):
     return train(config(root, "source", "train.seed=7"), progress=False)
 
 
-@pytest.mark.parametrize("groups", [["attention"], ["mlp", "norms"], ["attention", "mlp", "norms", "embeddings", "head"]])
+@pytest.mark.parametrize("groups", [["attention"], ["mlp", "norms"], ["attention", "mlp", "norms", "embeddings", "head"],
+                                    ["heads"], ["attn+ln", "mlp"]])
 def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):
     source = first_weights(source_run)
     # lr so small that one AdamW step moves no weight by more than 1e-9: the checkpoint shows the start
@@ -39,12 +40,41 @@ def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):
                  "optim.lr=1e-12", "train.epochs=1", "train.seed=3")
     target = first_weights(train(cfg, progress=False))
     scratch = first_weights(train(config(tmp_path, "scratch", "optim.lr=1e-12", "train.epochs=1", "train.seed=3"), progress=False))
+    copied = sorted(name for name in target if transferred(name, groups))
+    if groups == ["heads"]:  # the reference's "heads": the q/k/v projection only
+        assert copied == ["blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"]
+    if "attn+ln" in groups:  # the reference's "attn+ln": attention and the norm before it
+        assert "blocks.0.attn_norm.weight" in copied and "blocks.0.mlp_norm.weight" not in copied
     for name, value in target.items():
-        if weight_group(name) in groups:
+        if transferred(name, groups):
             torch.testing.assert_close(value, source[name], atol=1e-8, rtol=0)
         else:  # fresh: the same init as a from-scratch run with this seed, not the source's
             torch.testing.assert_close(value, scratch[name], atol=1e-8, rtol=0)
             assert not torch.allclose(value, source[name]) or value.dim() == 1, name  # norm gains start at 1 either way
+
+
+def test_groups_are_assembled_from_several_runs_in_one_init(tmp_path, source_run):
+    """The paper's best configuration: attention from one warm-up, the MLP from another."""
+    other_run = train(config(tmp_path, "other", "train.seed=8"), progress=False)
+    attention_from, mlp_from = first_weights(source_run), first_weights(other_run)
+    cfg = config(tmp_path, "both", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
+                 f"init.sources=[{{from_run={str(other_run)!r}, groups=['mlp']}}]", "optim.lr=1e-12", "train.epochs=1")
+    run_dir = train(cfg, progress=False)
+    start = first_weights(run_dir)
+    for name, value in start.items():
+        expected = {"attention": attention_from, "mlp": mlp_from}.get(weight_group(name))
+        if expected is not None:
+            torch.testing.assert_close(value, expected[name], atol=1e-8, rtol=0)
+        elif value.dim() == 2:
+            assert not torch.allclose(value, attention_from[name]) and not torch.allclose(value, mlp_from[name]), name
+    (more,) = runs.read_summary(run_dir)["init"]["sources"]
+    assert more["from_run"] == other_run.name and more["groups"] == ["mlp"]
+    with pytest.raises(ScarceError, match="a group is copied from two runs"):
+        config(tmp_path, "x", f"init.from_run={str(source_run)!r}", "init.groups=['mlp']",
+               f"init.sources=[{{from_run={str(other_run)!r}, groups=['mlp']}}]")
+    with pytest.raises(ScarceError, match=r"blocks.1.attn.qkv.weight would come from .* and from an earlier run"):
+        train(config(tmp_path, "y", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
+                     f"init.sources=[{{from_run={str(other_run)!r}, groups=['heads']}}]"), progress=False)
 
 
 def test_the_source_and_groups_are_recorded(tmp_path, source_run):
@@ -57,12 +87,14 @@ def test_the_source_and_groups_are_recorded(tmp_path, source_run):
 
 
 def test_mean_embedding_init_sets_every_row_to_the_sources_mean(tmp_path, source_run):
+    """As the reference's "average" init: the input embedding's rows and the output head's."""
     source = first_weights(source_run)
     cfg = config(tmp_path, "mean", f"init.from_run={str(source_run)!r}", "init.groups=['attention']",
                  "init.embedding_init='mean'", "optim.lr=1e-12", "train.epochs=1")
-    embed = first_weights(train(cfg, progress=False))["embed.weight"]
+    weights = first_weights(train(cfg, progress=False))
     expected = source["embed.weight"].mean(dim=0)
-    torch.testing.assert_close(embed, expected.expand_as(embed), atol=1e-8, rtol=0)
+    for name in ("embed.weight", "head.weight"):
+        torch.testing.assert_close(weights[name], expected.expand_as(weights[name]), atol=1e-8, rtol=0)
 
 
 def test_a_mir_model_can_start_from_an_ntp_run_and_keeps_its_mask_row_fresh(tmp_path, source_run):

@@ -21,6 +21,33 @@ def test_ladder_names_match_the_mir_paper_sizes_with_gpt2_vocab():
     assert 0.05e6 < model_shape("micro").non_embedding_params() < 0.2e6
 
 
+def test_a_mir_model_starts_from_the_same_shared_weights_as_an_ntp_model_at_the_same_seed():
+    shape = model_shape("micro", vocab_size=50, seq_len=16)
+    torch.manual_seed(3)
+    ntp = Transformer(shape).state_dict()
+    torch.manual_seed(3)
+    mir = Transformer(model_shape("micro", vocab_size=50, seq_len=16, extra_input_tokens=1)).state_dict()
+    assert mir["embed.weight"].shape[0] == 51 and mir["embed.weight"][50].std() > 0.01  # the mask row is drawn too
+    for name, value in ntp.items():
+        assert torch.equal(mir[name][:50] if name == "embed.weight" else mir[name], value), name
+
+
+@pytest.mark.parametrize("rows_per_position", [False, True])
+def test_logits_at_positions_are_the_full_logits_there(rows_per_position):
+    """model(tokens, positions) equals model(tokens) at those positions, with the last block run only at
+    the positions (at most one per row) or fully (more), and so do the gradients of a loss on them."""
+    torch.manual_seed(0)
+    model = Transformer(model_shape("micro", vocab_size=50, seq_len=16))
+    tokens = torch.randint(0, 50, (6, 16))
+    positions = torch.arange(0, 6 * 16, 2) if rows_per_position else torch.tensor([3, 16 + 15, 4 * 16, 5 * 16 + 7])
+    full = model(tokens).flatten(0, 1)[positions]
+    full_grads = torch.autograd.grad(full.square().sum(), list(model.parameters()))
+    selected = model(tokens, positions)
+    torch.testing.assert_close(selected, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(selected.square().sum(), list(model.parameters())), full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_attention_is_causal_and_untied():
     torch.manual_seed(0)
     model = Transformer(model_shape("micro", vocab_size=50, seq_len=16)).eval()

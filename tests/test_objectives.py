@@ -155,10 +155,18 @@ def test_mir_doubles_the_recorded_training_flops(tmp_path):
     from scarce import runs
 
     overrides = ["model.size=micro", "model.seq_len=32", "data.vocab_size=512", "data.unique_tokens=2048",
-                 "data.eval_tokens=256", "train.batch_size=8"]
-    ntp = runs.read_summary(trainer.train(resolve_config({"name": "a", "runs_dir": str(tmp_path)}, overrides), progress=False))
-    with_mir = runs.read_summary(trainer.train(
-        resolve_config({"name": "b", "runs_dir": str(tmp_path)}, [*overrides, "objective.kind=mir"]), progress=False))
+                 "data.eval_tokens=256", "train.batch_size=8", "train.log_every=1"]
+    ntp_dir = trainer.train(resolve_config({"name": "a", "runs_dir": str(tmp_path)}, overrides), progress=False)
+    mir_dir = trainer.train(resolve_config({"name": "b", "runs_dir": str(tmp_path)}, [*overrides, "objective.kind=mir"]),
+                            progress=False)
+    ntp, with_mir = runs.read_summary(ntp_dir), runs.read_summary(mir_dir)
+    # the same shared initial weights (the mask row is drawn last) and batch: the first step's clean loss is NTP's
+    ntp_log = [r for r in runs.read_metrics(ntp_dir) if "train_loss" in r]
+    mir_log = [r for r in runs.read_metrics(mir_dir) if "train_loss" in r]
+    assert mir_log[0]["train_loss"] == ntp_log[0]["train_loss"] and "train_masked_loss" not in ntp_log[0]
+    for r in mir_log:  # the masked pass's loss and the combined loss, logged beside the clean one
+        assert r["train_combined_loss"] == pytest.approx(r["train_loss"] + 0.4 * r["train_masked_loss"], rel=1e-6)
+        assert r["train_masked_loss"] > 0
     assert with_mir["flops"] == 2 * ntp["flops"] and with_mir["tokens_seen"] == ntp["tokens_seen"]
     assert math.isfinite(with_mir["final_val_loss"])
     assert with_mir["params"] == ntp["params"] + 64  # one more embedding row of d_model 64

@@ -40,7 +40,8 @@ def nested_balanced(row, k):
     return not stack
 
 
-def shuffle_balanced(row, k, max_depth):
+def shuffle_closes_only_open_types(row, k, max_depth):
+    """Every close names a type that is open, the depth never passes the cap; the end may leave some open."""
     open_counts, depth = Counter(), 0
     for token in row:
         kind = token % k
@@ -48,7 +49,7 @@ def shuffle_balanced(row, k, max_depth):
         depth += 1 if token < k else -1
         if open_counts[kind] < 0 or depth > max_depth:
             return False
-    return depth == 0
+    return True
 
 
 @FAST
@@ -69,13 +70,13 @@ def test_every_dyck_shuffle_sequence_closes_only_open_types_within_the_depth_cap
     task = DyckShuffle(k=k, length=2 * half, max_depth=max_depth)
     examples = draw(task, seed)
     assert examples.tokens.shape == (16, 2 * half)
-    assert all(shuffle_balanced(row, k, max_depth) for row in examples.tokens.tolist())
+    assert all(shuffle_closes_only_open_types(row, k, max_depth) for row in examples.tokens.tolist())
     assert task.check(examples).all()
 
 
-def literal_walk_probabilities(length, max_depth=None):
+def literal_walk_probabilities(length, max_depth=None, balanced=True):
     """Probability of each open/close pattern under the walk as written: empty → open; remaining <= depth
-    (or depth at the cap) → close; otherwise open with probability 1/2."""
+    (balanced only) or depth at the cap → close; otherwise open with probability 1/2."""
     patterns = {}
 
     def walk(t, depth, pattern, p):
@@ -83,7 +84,7 @@ def literal_walk_probabilities(length, max_depth=None):
             patterns[pattern] = patterns.get(pattern, 0) + p
         elif depth == 0:
             walk(t + 1, 1, pattern + "(", p)
-        elif length - t <= depth or (max_depth is not None and depth >= max_depth):
+        elif (balanced and length - t <= depth) or (max_depth is not None and depth >= max_depth):
             walk(t + 1, depth - 1, pattern + ")", p)
         else:
             walk(t + 1, depth + 1, pattern + "(", p / 2)
@@ -93,9 +94,12 @@ def literal_walk_probabilities(length, max_depth=None):
     return patterns
 
 
-@pytest.mark.parametrize("task, max_depth", [(Dyck(k=3, length=10), None), (DyckShuffle(k=3, length=10, max_depth=2), 2)])
-def test_vectorized_walk_has_the_distribution_of_the_step_by_step_walk(task, max_depth):
-    expected = literal_walk_probabilities(10, max_depth)
+@pytest.mark.parametrize("task, max_depth, balanced", [(Dyck(k=3, length=10), None, True),
+                                                      (DyckShuffle(k=3, length=10, max_depth=2), 2, False),
+                                                      (DyckShuffle(k=3, length=10, max_depth=16), 16, False)])
+def test_vectorized_walk_has_the_distribution_of_the_step_by_step_walk(task, max_depth, balanced):
+    """k-Dyck ends balanced; the shuffle, as the reference, stops at the length with brackets left open."""
+    expected = literal_walk_probabilities(10, max_depth, balanced)
     tokens = draw(task, seed=7, n=40_000).tokens
     seen = Counter("".join("(" if t < 3 else ")" for t in row) for row in tokens.tolist())
     assert set(seen) <= set(expected)
@@ -133,7 +137,9 @@ def dedup(values):
 
 def stack_reference(ops):
     stack = []
-    for op in ops:
+    for step, op in enumerate(ops):
+        if step == len(ops) - 1 and len(stack) > 1:
+            assert op == 0, "the last operation pops whenever it can (the reference)"
         if op == 0:
             assert len(stack) > 1, "pop on a stack of 0 or 1"
             stack.pop()
@@ -152,9 +158,10 @@ def expected_output(task, row):
         return n + 2, dedup(a + b)
     if isinstance(task, Delete):
         x, r = row[:n], row[n + 1]
-        assert row[n] == SEP and row[n + 2] == SEP and r in x
+        assert row[n] == SEP and row[n + 2] == SEP and 1 <= r <= 99  # as the reference: r uniform, in x or not
         rest = list(x)
-        rest.remove(r)  # the first occurrence
+        if r in x:
+            rest.remove(r)  # the first occurrence
         return n + 3, rest
     x = row[:n]
     assert row[n] == SEP
@@ -189,6 +196,15 @@ def test_sequence_tasks_use_the_published_layout():
     assert Union().example_tokens == 130 and Delete().example_tokens == 131
     stack_sizes = [len(stack_reference(row[:64])) for row in draw(Stack(), seed=3, n=2000).tokens.tolist()]
     assert min(stack_sizes) >= 1 and 8 < np.mean(stack_sizes) < 16  # push-heavy for 2/3, pop-heavy after
+    rows = draw(Delete(), seed=5, n=2000).tokens  # as the reference: r uniform over 1..99, so often not in x
+    absent = np.array([r not in row[:64] for row, r in zip(rows.tolist(), rows[:, 65])])
+    assert abs(absent.mean() - (98 / 99) ** 64) < 0.04
+    # as the reference: pop-heavy from step ⌊2L/3⌋ = 42 of 64 on (pop with probability 0.75 when it may)
+    ops = draw(Stack(), seed=4, n=4000).tokens[:, :64]
+    sizes = np.cumsum(np.where(ops == 0, -1, 1), axis=1) - np.where(ops == 0, -1, 1)  # size before each op
+    for step, p_pop in ((41, 0.25), (42, 0.75)):
+        may = sizes[:, step] > 1
+        assert abs((ops[may, step] == 0).mean() - p_pop) < 0.05, step
 
 
 def test_sequence_checkers_reject_a_wrong_output_or_loss_on_pad():

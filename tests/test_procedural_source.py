@@ -150,9 +150,9 @@ def test_haystack_training_stream_never_emits_a_held_out_example():
 
 
 def reference_answer(task, a, b):
-    answer = a * b if isinstance(task, Multiplication) else a + b
-    digits = [int(c) for c in str(answer).zfill(task.answer_digits)]
-    return digits[::-1] if isinstance(task, ReversedAddition) else digits
+    """As the reference code writes it: the answer in its natural length (str(a + b)), reversed for reversed addition."""
+    answer = str(a * b if isinstance(task, Multiplication) else a + b)
+    return [int(c) for c in (answer[::-1] if isinstance(task, ReversedAddition) else answer)]
 
 
 @pytest.mark.parametrize("task", [Addition(), ReversedAddition(), Multiplication()], ids=lambda t: t.name)
@@ -164,9 +164,13 @@ def test_arithmetic_answers_are_right_and_every_answer_digit_and_the_stop_carry_
         if isinstance(task, ReversedAddition):
             a_digits, b_digits = a_digits[::-1], b_digits[::-1]
         a, b = int("".join(map(str, a_digits))), int("".join(map(str, b_digits)))
+        assert 10 ** (d - 1) <= a < 10**d and 10 ** (d - 1) <= b < 10**d  # exactly d digits, no leading zero
         assert row[d] == (11 - 1) and row[2 * d + 1] == 11  # + or * is 10, = is 11
-        assert row[2 * d + 2 :] == [20 + x for x in reference_answer(task, a, b)] + [30]
-        assert mask == [False] * (2 * d + 2) + [True] * (task.answer_digits + 1)
+        answer = [20 + x for x in reference_answer(task, a, b)] + [30]
+        pad = len(row) - (2 * d + 2) - len(answer)
+        assert len(row) == (5 * d + 4 if isinstance(task, Multiplication) else 3 * d + 4)  # the reference's max_lenl
+        assert row[2 * d + 2 :] == answer + [12] * pad
+        assert mask == [False] * (2 * d + 2) + [True] * len(answer) + [False] * pad
     assert task.check(examples).all()
 
 
@@ -177,11 +181,13 @@ def test_accuracy_scores_exact_match_and_every_answer_digit():
     first_digit = 2 * task.digits + 1  # input position whose target is the first answer digit
     wrong = batch.targets.clone()
     wrong[:10, first_digit] = (wrong[:10, first_digit] - 20 + 1) % 10 + 20  # the first digit wrong in 10 examples
-    wrong[10:30, -1] = 0  # the stop wrong in 20 examples
+    rows = torch.arange(10, 30)
+    wrong[rows, (batch.targets[rows] == 30).int().argmax(dim=1)] = 0  # the stop wrong in 20 examples
     logits = torch.nn.functional.one_hot(wrong, task.vocab_size).float()
     scores = accuracy(logits, batch, task)
     assert scores["exact_match"] == pytest.approx(1 - 30 / HELDOUT_EXAMPLES)
-    assert scores["digit_accuracy"] == pytest.approx(1 - 10 / (HELDOUT_EXAMPLES * task.answer_digits))
+    answer_digits = int((batch.loss_mask & (batch.targets != 30)).sum())  # natural lengths: 5 or 6 digits
+    assert scores["digit_accuracy"] == pytest.approx(1 - 10 / answer_digits)
     hay = heldout_batch(Haystack())
     guess = hay.targets.clone()
     guess[::4] = 0

@@ -16,8 +16,10 @@ from scarce.cli import app
 from scarce.config import resolve_config
 from scarce.data.sources import build_source, prepare_run_data
 from scarce.errors import ScarceError
+from scarce.evals.diagnostics import heldout_batch
 from scarce.executors import Job, execute
 from scarce.model import weight_group
+from scarce.procedural.diagnostics import Addition
 from scarce.studies.diagnose import data_fractions, diagnostic_config, record_diagnostic, tokens_to_loss
 from scarce.train.warmup import find_warmup, warmup_config
 
@@ -160,7 +162,8 @@ def test_a_procedural_run_uses_the_tasks_vocabulary_and_scores_held_out_accuracy
     assert summary["unique_tokens"] == 0 and summary["steps"] == 3
     final = runs.read_metrics(run_dir)[-1]
     assert 0 <= final["val_accuracy"] <= 1 and 0 <= final["val_digit_accuracy"] <= 1
-    assert final["val_loss"] < 2 * np.log(31) and final["val_tokens"] == 4000 * 4  # 3 answer digits + stop each
+    answers = int(heldout_batch(Addition(digits=2)).loss_mask.sum())  # 2 or 3 answer digits and the stop each
+    assert final["val_loss"] < 2 * np.log(31) and final["val_tokens"] == answers and 4000 * 3 < answers < 4000 * 4
     result = record_diagnostic(run_dir)
     assert result["accuracy"] == final["val_accuracy"] and result["warmup"] is None
     assert runs.read_summary(run_dir)["accuracy"] == final["val_accuracy"]
@@ -182,6 +185,26 @@ def test_diagnose_from_a_warmup_on_the_command_line(tmp_path):
     assert runs.read_summary(run_dir)["init"]["groups"] == ["attention", "mlp"]
     bad = CliRunner().invoke(app, ["diagnose", "haystack", "--warmup", str(warm), "--transfer", "attn", *common])
     assert bad.exit_code != 0 and "--transfer: 'attn'" in str(bad.exception)
+
+
+def test_multiplication_has_the_references_recipe_as_its_preset():
+    """task_multiplication.py: 4 layers, 8 heads, width 512 (GPT-2's 4x MLP), batch 64, 250 x 40,000 / 64 steps."""
+    cfg = diagnostic_config("multiplication")
+    model = cfg.model
+    assert (model.n_layers, model.n_heads, model.d_model, model.ffn_hidden) == (4, 8, 512, 2048)
+    assert cfg.train.batch_size == 64 and cfg.train.tokens == 156_250 * 64 * model.seq_len
+    haystack = diagnostic_config("haystack")
+    assert (haystack.model.d_model, haystack.train.batch_size) == (16, 1000)
+    assert diagnostic_config("multiplication", batch_size=8).train.batch_size == 8
+
+
+def test_diagnose_haystack_prints_the_papers_numbers_and_the_chance_levels(tmp_path):
+    result = CliRunner().invoke(app, ["diagnose", "haystack", "--steps", "1", "--batch-size", "4", "--runs-dir",
+                                      str(tmp_path / "runs"), "--no-progress", "--set", "train.compile=false"])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # the console wraps lines
+    for number in ("scratch 11.3%", "dyck 96.9%", "shuffled dyck 10.3%", "0.79%", "13.70%"):
+        assert number in printed
 
 
 def write_run(runs_dir, name, evals, init=None):

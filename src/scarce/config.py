@@ -178,23 +178,43 @@ class ObjectiveConfig(Section):
 
 
 WEIGHT_GROUPS = ("attention", "mlp", "norms", "embeddings", "head")
+# The procedural reference's narrower selections (scarce.model.transferred): "heads" = the q/k/v projection
+# only (its attn.c_attn); "attn+ln" = attention and the norm before it (attn.c_attn, attn.c_proj, ln_1)
+TRANSFER_SELECTIONS = ("heads", "attn+ln")
+
+
+class InitSource(Section):
+    """One more run whose checkpoint hands on its own weight groups (init.sources)."""
+
+    from_run: Path
+    checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
+    groups: list[Literal[WEIGHT_GROUPS + TRANSFER_SELECTIONS]]
 
 
 class InitConfig(Section):
-    """Where the weights start: from scratch, or named weight groups copied from another run's checkpoint."""
+    """Where the weights start: from scratch, or named weight groups copied from another run's checkpoint,
+    and from further runs' checkpoints (`sources`: e.g. attention from a set warm-up, the MLP from an ECA one)."""
 
     from_run: Path | None = None  # a run directory; None: from scratch
     checkpoint_step: int | None = Field(None, ge=1)  # which of its checkpoints; None: the newest intact one
-    groups: list[Literal[WEIGHT_GROUPS]] = list(WEIGHT_GROUPS)  # copied; the rest are freshly initialized
-    # embeddings not copied: "random" (the usual init) or "mean" (every row = the mean of the source's rows)
+    groups: list[Literal[WEIGHT_GROUPS + TRANSFER_SELECTIONS]] = list(WEIGHT_GROUPS)  # copied; the rest fresh
+    # embeddings not copied: "random" (the usual init) or "mean" (every row of the input embedding, and of the
+    # output head unless copied, = the mean of the source's embedding rows: the reference's "average")
     embedding_init: Literal["random", "mean"] = "random"
     # "weights": copy `groups` and train a new run; "continue": resume the source's whole training state
     # (weights, optimizer, data position, objective, RNG) at the checkpoint, with this run's own length and
     # schedule: a WSD decay branch (docs/specialization.md)
     mode: Literal["weights", "continue"] = "weights"
+    sources: list[InitSource] = []  # further runs, each copying its own groups (no weight from two runs)
 
     @model_validator(mode="after")
     def _groups(self):
+        if self.sources and (self.from_run is None or self.mode == "continue"):
+            raise ValueError("sources add groups from further runs to from_run's: give from_run, with mode='weights'")
+        named = self.groups + [g for s in self.sources for g in s.groups]
+        if self.sources and len(set(named)) != len(named):
+            raise ValueError(f"a group is copied from two runs: groups {self.groups} and sources' groups "
+                             f"{[s.groups for s in self.sources]} must not share a name")
         if self.mode == "continue":
             if self.from_run is None:
                 raise ValueError("mode='continue' needs from_run (the run to branch from)")
@@ -264,8 +284,8 @@ class ProceduralConfig(Section):
     tokens: int | None = Field(None, ge=1)  # warmup: the stage's training tokens (or `steps`)
     steps: int | None = Field(None, ge=1)  # warmup: the stage's optimizer steps (or `tokens`)
     batch_size: int | None = Field(None, ge=1)  # warmup: sequences per step; None: train.batch_size
-    transfer: list[Literal[TRANSFER_GROUPS]] = list(TRANSFER_GROUPS)  # warmup: groups copied; the rest fresh
-    embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every row the warm-up's mean row
+    transfer: list[Literal[TRANSFER_GROUPS + TRANSFER_SELECTIONS]] = list(TRANSFER_GROUPS)  # warmup: copied; the rest fresh
+    embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every embedding and head row the warm-up's mean row
     fraction: float | None = Field(None, ge=0, lt=1)  # mix: share of the run's training tokens, first
     optim: WarmupOptimConfig = WarmupOptimConfig()  # warmup: the stage's optimizer
 
@@ -294,7 +314,8 @@ class ProceduralConfig(Section):
     @classmethod
     def _groups(cls, transfer):
         if not transfer or len(set(transfer)) != len(transfer):
-            raise ValueError(f"name each group at most once and at least one of {', '.join(TRANSFER_GROUPS)}")
+            raise ValueError(f"name each group at most once and at least one of "
+                             f"{', '.join(TRANSFER_GROUPS + TRANSFER_SELECTIONS)}")
         return transfer
 
 

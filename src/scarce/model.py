@@ -29,6 +29,14 @@ def weight_group(name: str) -> str:
     return "norms"  # blocks.*.attn_norm, blocks.*.mlp_norm, norm
 
 
+def transferred(name: str, groups) -> bool:
+    """Whether weight `name` is copied when `groups` are: whole groups (weight_group), or the procedural
+    reference's narrower selections, "heads" (the q/k/v projection only) and "attn+ln" (attention and the
+    norm before it)."""
+    return (weight_group(name) in groups or ("heads" in groups and name.endswith(".attn.qkv.weight"))
+            or ("attn+ln" in groups and (weight_group(name) == "attention" or name.endswith(".attn_norm.weight"))))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -61,12 +69,18 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(shape.head_dim) if shape.qk_norm else nn.Identity()
         self.dropout = nn.Dropout(shape.dropout)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, positions=None):
+        """x (B, T, C) → (B, T, C); with positions (flat indices into B·T), only those queries: (len, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))
+        if positions is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))
+        rows, cols = positions // T, positions % T  # each query sees its own row up to itself
+        visible = torch.arange(T, device=x.device) <= cols[:, None]
+        y = F.scaled_dot_product_attention(q[rows, :, cols].unsqueeze(2), k[rows], v[rows], attn_mask=visible[:, None, None])
+        return self.dropout(self.out(y.reshape(len(positions), C)))
 
 
 class MLP(nn.Module):
@@ -86,8 +100,11 @@ class Block(nn.Module):
         self.attn_norm, self.attn = RMSNorm(shape.d_model), Attention(shape)
         self.mlp_norm, self.mlp = RMSNorm(shape.d_model), MLP(shape)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x, cos, sin, positions=None):
+        if positions is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin)
+        else:  # only the positions' residual stream goes on: (len(positions), C)
+            x = x.flatten(0, 1).index_select(0, positions) + self.attn(self.attn_norm(x), cos, sin, positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -95,7 +112,11 @@ class Transformer(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.shape = shape
-        self.embed = nn.Embedding(shape.vocab_size + shape.extra_input_tokens, shape.d_model)
+        # the constructor draws the vocabulary's rows only, as a model without input-only rows does; those rows
+        # are appended here and drawn last (reset_parameters)
+        vocab_rows = nn.Embedding(shape.vocab_size, shape.d_model).weight.detach()
+        self.embed = nn.Embedding(shape.vocab_size + shape.extra_input_tokens, shape.d_model,
+                                  _weight=torch.cat([vocab_rows, vocab_rows.new_empty(shape.extra_input_tokens, shape.d_model)]))
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
         self.norm = RMSNorm(shape.d_model)
         self.head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
@@ -106,18 +127,36 @@ class Transformer(nn.Module):
 
     def reset_parameters(self):
         # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
+        vocab = self.shape.vocab_size
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / (2 * self.shape.n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.normal_(p[:vocab] if name == "embed.weight" else p, mean=0.0, std=std)
+        # input-only rows (MIR's mask token) drawn last: a run with them starts from the same shared weights
+        # as one without at the same seed
+        nn.init.normal_(self.embed.weight[vocab:], mean=0.0, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) int64 → logits (B, T, vocab) in fp32."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) int64 → logits (B, T, vocab) in fp32.
+
+        positions: flat indices into the B·T positions (int64, e.g. a loss mask's `flatten().nonzero()`);
+        then only those positions' logits, (len(positions), vocab), so the output head and the loss cost
+        only what the counted positions need (a haystack row counts 1 of its 62). With at most one position
+        per row on average, the last block too runs only those queries (each gathers its row's keys and
+        values, a row per position: with more positions the whole last block is cheaper).
+        """
         T = tokens.shape[1]
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len {self.shape.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(tokens)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, cos, sin)
+        last = self.blocks[-1]
+        if positions is None:
+            x = last(x, cos, sin)
+        elif len(positions) <= len(tokens):
+            x = last(x, cos, sin, positions)
+        else:
+            x = last(x, cos, sin).flatten(0, 1).index_select(0, positions)
         return self.head(self.norm(x)).float()

@@ -11,6 +11,10 @@ from scarce.commands.options import console
 Params = Annotated[Optional[list[str]], typer.Argument(help="Task parameters, e.g. digits=3")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps (the paper: 10000)")]
 Batch = Annotated[int, typer.Option(help="Rows per step, one example each (the paper: 1000)")]
+TaskSteps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the paper's 10000; "
+                                                  "multiplication: the reference's 156250)")]
+TaskBatch = Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step, one example each (default: the "
+                                                  "paper's 1000; multiplication: the reference's 64)")]
 Seed = Annotated[int, typer.Option(help="Model and data seed")]
 RunsDir = Annotated[Path, typer.Option(help="Where the run goes")]
 SetOptions = Annotated[Optional[list[str]], typer.Option("--set", help="A config override, e.g. optim.lr=3e-3 (repeatable)")]
@@ -32,7 +36,7 @@ def _diagnostic_command(command: str, task: str):
         params: Params = None,
         warmup: Annotated[Optional[Path], typer.Option(help="A warm-up run to start from (same model shape)")] = None,
         transfer: Annotated[Optional[str], typer.Option(help="Groups copied from --warmup: attention,mlp,norms (default all)")] = None,
-        steps: Steps = 10_000, batch_size: Batch = 1000, seed: Seed = 0, runs_dir: RunsDir = Path("runs"),
+        steps: TaskSteps = None, batch_size: TaskBatch = None, seed: Seed = 0, runs_dir: RunsDir = Path("runs"),
         overrides: SetOptions = None, progress: bool = True,
     ):
         from scarce.studies.diagnose import record_diagnostic
@@ -43,9 +47,20 @@ def _diagnostic_command(command: str, task: str):
         start = f" from {result['warmup']} ({','.join(result['transfer'])})" if result["warmup"] else " from scratch"
         console.print(f"{command}{start}: accuracy {result['accuracy']:.4f} on {result['examples']} held-out examples"
                       f"{digits} → {run_dir}")
+        if task == "haystack":
+            console.print(haystack_reference())
 
     diagnose.__doc__ = f"Train the tiny diagnostic model on {task} and score it on the 4000 held-out examples."
     return diagnose
+
+
+def haystack_reference() -> str:
+    """The paper's haystack accuracies and the chance levels, to read a result against."""
+    from scarce.studies.diagnose import HAYSTACK_CHANCE, PAPER_BATCH, PAPER_HAYSTACK, PAPER_STEPS
+
+    paper = ", ".join(f"{arm} {accuracy:.1%}" for arm, accuracy in PAPER_HAYSTACK.items())
+    chance = ", ".join(f"{label} {accuracy:.2%}" for label, accuracy in HAYSTACK_CHANCE.items())
+    return f"the paper ({PAPER_STEPS:,} steps of {PAPER_BATCH:,}): {paper}; chance: {chance}"
 
 
 # one command per diagnostic: command name, task name (scarce procedural list)

@@ -11,11 +11,14 @@ right-padded with 0 to 63 tokens. The loss and the accuracy count only the query
 target v_q).
 
 Arithmetic, one token scheme: digits 0–9, `+`/`*` 10, `=` 11, pad 12, answer digits 20–29, stop 30.
-`a + b = answer stop` with operands of exactly `digits` digits (leading zeros, uniform over 0..10^digits−1)
-and an answer of fixed width (digits + 1 for a sum, 2·digits for a product). Forward addition and
-multiplication write every number most significant digit first; reversed addition least significant
-first. The loss counts every answer digit and the stop token; exact match needs all of them right;
-digit accuracy scores every answer digit (the first one included) and not the stop.
+`a + b = answer stop pad…`, as the reference code (task_forwardaddition.py, task_additionstream.py,
+task_multiplication.py) writes it: operands of exactly `digits` digits (uniform over
+10^(digits−1)..10^digits − 1, no leading zeros), the answer in its natural length (str(a + b)), then the
+stop token and pad 12 up to the reference's length (3·digits + 4 for a sum, 5·digits + 4 for a product).
+Forward addition and multiplication write every number most significant digit first; reversed addition
+least significant first. The loss counts every answer digit and the stop token; exact match needs all of
+them right; digit accuracy scores every answer digit (the first one included, which the reference's
+scoring skips) and not the stop.
 """
 
 from functools import cache
@@ -136,7 +139,7 @@ class ArithmeticTask(DiagnosticTask):
 
     @property
     def example_tokens(self) -> int:
-        return 2 * self.digits + 2 + self.answer_digits + 1
+        return self.padded_tokens
 
     @property
     def vocab_size(self) -> int:
@@ -147,19 +150,27 @@ class ArithmeticTask(DiagnosticTask):
         return PAD
 
     def _layout(self, a, b) -> Examples:
-        n, d = len(a), self.digits
-        answer = _digits(self._combine(a, b), self.answer_digits, self.least_first) + ANSWER_BASE
-        tokens = np.concatenate(
+        n, d, width = len(a), self.digits, self.answer_digits
+        result = self._combine(a, b)
+        length = (result[:, None] >= 10 ** np.arange(width, dtype=np.int64)).sum(axis=1)  # natural digits (result >= 1)
+        digits = _digits(result, width, least_first=True)  # least significant first: its first `length` are the answer
+        if not self.least_first:  # most significant first: the answer's j-th digit is digit length − 1 − j
+            digits = np.take_along_axis(digits, np.clip(length[:, None] - 1 - np.arange(width), 0, width - 1), axis=1)
+        j = np.arange(width + 1)
+        answer = np.where(j < length[:, None], np.pad(digits, ((0, 0), (0, 1))) + ANSWER_BASE,
+                          np.where(j == length[:, None], STOP, PAD))
+        tokens = np.full((n, self.padded_tokens), PAD, dtype=TOKEN_DTYPE)
+        tokens[:, : 2 * d + 2] = np.concatenate(
             [_digits(a, d, self.least_first), np.full((n, 1), self.operator), _digits(b, d, self.least_first),
-             np.full((n, 1), EQUALS), answer, np.full((n, 1), STOP)], axis=1
-        ).astype(TOKEN_DTYPE)
+             np.full((n, 1), EQUALS)], axis=1)
+        tokens[:, 2 * d + 2 : 3 * d + 3 + width - d] = answer
         mask = np.zeros(tokens.shape, dtype=bool)
-        mask[:, 2 * d + 2 :] = True  # every answer digit and the stop token
+        mask[:, 2 * d + 2 : 3 * d + 3 + width - d] = j <= length[:, None]  # every answer digit and the stop token
         return Examples(tokens, mask)
 
     def _generate(self, rng, n):
-        high = 10**self.digits
-        return self._layout(rng.integers(0, high, size=n), rng.integers(0, high, size=n))
+        low, high = 10 ** (self.digits - 1), 10**self.digits
+        return self._layout(rng.integers(low, high, size=n), rng.integers(low, high, size=n))
 
     def check(self, examples):
         tokens = examples.tokens
@@ -167,7 +178,8 @@ class ArithmeticTask(DiagnosticTask):
         if tokens.shape[1] != self.example_tokens:
             return np.zeros(len(tokens), dtype=bool)
         a, b = tokens[:, :d], tokens[:, d + 1 : 2 * d + 1]
-        ok = ((a >= 0) & (a <= 9)).all(axis=1) & ((b >= 0) & (b <= 9)).all(axis=1)
+        leading = d - 1 if self.least_first else 0
+        ok = ((a >= 0) & (a <= 9)).all(axis=1) & ((b >= 0) & (b <= 9)).all(axis=1) & (a[:, leading] > 0) & (b[:, leading] > 0)
         expected = self._layout(_value(np.clip(a, 0, 9), self.least_first), _value(np.clip(b, 0, 9), self.least_first))
         return ok & (tokens == expected.tokens).all(axis=1) & (examples.loss_mask == expected.loss_mask).all(axis=1)
 
@@ -182,6 +194,10 @@ class Addition(ArithmeticTask):
     @property
     def answer_digits(self) -> int:
         return self.digits + 1
+
+    @property
+    def padded_tokens(self) -> int:
+        return 3 * self.digits + 4  # the reference's max_lenl for a sum
 
     def _combine(self, a, b):
         return a + b
@@ -205,6 +221,10 @@ class Multiplication(ArithmeticTask):
     @property
     def answer_digits(self) -> int:
         return 2 * self.digits
+
+    @property
+    def padded_tokens(self) -> int:
+        return 5 * self.digits + 4  # the reference's max_lenl for a product
 
     def _combine(self, a, b):
         return a * b

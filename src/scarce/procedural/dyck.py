@@ -29,17 +29,19 @@ def _plain_loss_mask(n: int, length: int) -> np.ndarray:
     return mask
 
 
-def depth_profile(steps: np.ndarray, length: int, max_depth: int | None = None) -> np.ndarray:
-    """Depth before each token (n, length + 1; the last column is 0) from ±1 steps (n, length).
+def depth_profile(steps: np.ndarray, length: int, max_depth: int | None = None, balanced: bool = True) -> np.ndarray:
+    """Depth before each token (n, length + 1) from ±1 steps (n, length).
 
-    Unconstrained, the depth is the walk folded into [0, max_depth] (|S| without a cap); from the first
-    position t where depth >= length - t on, every token closes."""
+    Unconstrained, the depth is the walk folded into [0, max_depth] (|S| without a cap); balanced, from the
+    first position t where depth >= length - t on, every token closes (and the last column is 0)."""
     walk = np.zeros((len(steps), length + 1), dtype=np.int32)
     np.cumsum(steps, axis=1, out=walk[:, 1:])
-    if max_depth is None or max_depth >= length // 2:
+    if max_depth is None or max_depth >= (length // 2 if balanced else length):
         depth = np.abs(walk, out=walk)
     else:
         depth = np.abs((walk + max_depth) % (2 * max_depth) - max_depth)
+    if not balanced:
+        return depth
     remaining = np.arange(length, -1, -1, dtype=np.int32)
     close_out = (depth >= remaining).argmax(axis=1)  # exists: at the end the remaining length is 0
     # from there on every token closes, and the depth equals the remaining length
@@ -115,13 +117,15 @@ class Dyck(Task):
 
 class DyckShuffle(Dyck):
     name: ClassVar[str] = "dyck_shuffle"
-    description: ClassVar[str] = "k-Dyck shuffle: a close picks a uniformly random open type (no nesting); depth capped"
+    description: ClassVar[str] = ("k-Dyck shuffle: a close picks a uniformly random open type (no nesting); depth capped; "
+                                  "stops at the length, brackets left open")
 
     max_depth: int = Field(16, ge=1, description="most brackets open at once")
 
     def _generate(self, rng, n):
-        length, cap = self.length, min(self.max_depth, self.length // 2)
-        depth = depth_profile(_random_steps(rng, n, length), length, cap)
+        length, cap = self.length, min(self.max_depth, self.length)
+        # as the reference: the walk stops at `length` tokens without closing what is open
+        depth = depth_profile(_random_steps(rng, n, length), length, cap, balanced=False)
         opens = np.ascontiguousarray((depth[:, 1:] > depth[:, :-1]).T)
         depth_t = np.ascontiguousarray(depth[:, :-1].T)
         kinds = rng.integers(0, self.k, size=(length, n), dtype=TOKEN_DTYPE)
@@ -166,13 +170,10 @@ class DyckShuffle(Dyck):
         ok = np.full(n, length == self.length) & ((tokens >= 0) & (tokens < 2 * self.k)).all(axis=1)
         steps = np.where(tokens < self.k, 1, -1)
         depth = np.cumsum(steps, axis=1)
-        ok &= (depth >= 0).all(axis=1) & (depth <= self.max_depth).all(axis=1) & (depth[:, -1] == 0)
-        # per type, the running count of open brackets never goes negative and ends at 0
+        ok &= (depth >= 0).all(axis=1) & (depth <= self.max_depth).all(axis=1)
+        # per type, the running count of open brackets never goes negative
         kind = tokens % self.k
         order = np.argsort(kind, axis=1, kind="stable")
         per_kind = np.cumsum(np.take_along_axis(steps, order, axis=1), axis=1)
-        ordered_kind = np.take_along_axis(kind, order, axis=1)
-        last_of_kind = np.ones_like(ordered_kind, dtype=bool)
-        last_of_kind[:, :-1] = ordered_kind[:, 1:] != ordered_kind[:, :-1]
-        ok &= (per_kind >= 0).all(axis=1) & np.where(last_of_kind, per_kind == 0, True).all(axis=1)
+        ok &= (per_kind >= 0).all(axis=1)
         return ok & (examples.loss_mask == _plain_loss_mask(n, length)).all(axis=1)

@@ -158,7 +158,7 @@ class Union(SequenceTask):
 
 class Delete(SequenceTask):
     name: ClassVar[str] = "delete"
-    description: ClassVar[str] = "x SEP r SEP: x without the first occurrence of token r (r drawn from x), padded"
+    description: ClassVar[str] = "x SEP r SEP: x without the first occurrence of token r (r uniform, present or not), padded"
 
     length: int = Field(64, ge=2, description="input tokens (the output is padded to this length)")
 
@@ -171,7 +171,7 @@ class Delete(SequenceTask):
 
     def _prefix(self, rng, n):
         x = self._data(rng, n, self.length)
-        r = np.take_along_axis(x, rng.integers(0, self.length, size=(n, 1)), axis=1)  # a token of x: always deleted
+        r = self._data(rng, n, 1)  # as the reference: uniform over the data tokens, in x or not (then nothing is deleted)
         return self._join(x, r)
 
     def _answer(self, prefix):
@@ -200,8 +200,9 @@ class Stack(SequenceTask):
         size = np.zeros(n, dtype=np.int64)
         rows = np.arange(n)
         for step in range(self.length):
-            # push-heavy for the first 2/3 of the operations, pop-heavy after; push when the stack holds <= 1
-            p_push = 0.75 if 3 * step < 2 * self.length else 0.25
+            # as the reference: push-heavy before step ⌊2L/3⌋, pop-heavy from it, the last operation a pop;
+            # push whenever the stack holds <= 1
+            p_push = 0.75 if step < 2 * self.length // 3 else 0.25 if step < self.length - 1 else 0.0
             push = (size <= 1) | (rng.random(n) < p_push)
             pushing = rows[push]
             token = rng.integers(1, DATA_TOKENS + 1, size=len(pushing), dtype=TOKEN_DTYPE)
@@ -232,6 +233,8 @@ class Stack(SequenceTask):
             op = ops[:, step]
             pop = op == POP
             legal &= ~pop | (size > 1)  # the generator always pushes onto a stack of 0 or 1
+            if step == self.length - 1:
+                legal &= pop | (size <= 1)  # and pops last whenever it can
             push = rows[~pop]
             legal[push] &= ~((stack[push] == op[push, None]) & (slot < size[push, None])).any(axis=1)
             stack[push, np.minimum(size[push], self.length - 1)] = op[push]

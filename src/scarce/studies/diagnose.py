@@ -14,22 +14,32 @@ from pathlib import Path
 
 from scarce import runs
 from scarce.atomic import write_json_atomic
-from scarce.config import TRANSFER_GROUPS, RunConfig, resolve_config
+from scarce.config import TRANSFER_GROUPS, TRANSFER_SELECTIONS, RunConfig, resolve_config
 from scarce.errors import ScarceError
 from scarce.procedural.diagnostics import DIAGNOSTICS, HELDOUT_EXAMPLES
 from scarce.procedural.registry import TASKS, get_task
 
 PAPER_STEPS, PAPER_BATCH = 10_000, 1000
 TINY_MODEL = {"size": "micro", "n_layers": 2, "d_model": 16, "n_heads": 4, "ffn_hidden": 64}
+# The reference's recipe where it is not the tiny model's (downstream/algorithmic_tasks/task_multiplication.py:
+# 4 layers, 8 heads, width 512 with GPT-2's 4x MLP, batch 64, train_steps 250 x 40,000 examples / 64)
+PRESETS = {"multiplication": {"model": {**TINY_MODEL, "n_layers": 4, "d_model": 512, "n_heads": 8, "ffn_hidden": 2048},
+                              "steps": 156_250, "batch_size": 64}}
 RECIPE = {"lr": 1e-3, "schedule": "cosine", "warmup_fraction": 0.05, "weight_decay": 0.001}
 DIAGNOSTIC_FILE = "diagnostic.json"
+# The paper's haystack accuracies at its protocol (Jiang et al. 2026, the needle-in-a-haystack figure), and
+# two chance levels: a uniform guess over the 127 values; a uniform guess among the distinct values present
+# in the context (E[1/distinct values] under the generator, by simulation of 200,000 examples).
+PAPER_HAYSTACK = {"scratch": 0.113, "dyck": 0.969, "shuffled dyck": 0.103}
+HAYSTACK_CHANCE = {"uniform over the values": 1 / 127, "a value present in the context": 0.137}
 
 
-def diagnostic_config(task: str, params: dict | None = None, *, steps: int = PAPER_STEPS, batch_size: int = PAPER_BATCH,
+def diagnostic_config(task: str, params: dict | None = None, *, steps: int | None = None, batch_size: int | None = None,
                       seed: int = 0, warmup: Path | None = None, transfer: list[str] | None = None,
                       seq_len: int | None = None, runs_dir: Path = Path("runs"), name: str | None = None,
                       overrides: list[str] = ()) -> RunConfig:
-    """The config of the tiny model trained on `task` for `steps` steps of `batch_size` examples' rows.
+    """The config of the tiny model trained on `task` for `steps` steps of `batch_size` examples' rows
+    (default: the paper's 10,000 of 1000; multiplication: the reference's larger model, PRESETS).
 
     `warmup`: a run directory to start from (its `transfer` groups, default all of attention, MLP, norms;
     the embeddings are fresh). seq_len defaults to one example per row (the task's length − 1), capped at
@@ -38,22 +48,27 @@ def diagnostic_config(task: str, params: dict | None = None, *, steps: int = PAP
     if task not in TASKS:
         raise ScarceError(f"unknown procedural task {task!r}; choose one of {', '.join(TASKS)}")
     chosen = get_task(task, params or {})
+    preset = PRESETS.get(task, {})
+    steps = preset.get("steps", PAPER_STEPS) if steps is None else steps
+    batch_size = preset.get("batch_size", PAPER_BATCH) if batch_size is None else batch_size
     if steps < 1 or batch_size < 1:
         raise ScarceError(f"--steps ({steps}) and --batch-size ({batch_size}) must be at least 1")
     if transfer is not None and warmup is None:
         raise ScarceError("--transfer names the groups copied from a warm-up: give --warmup RUN_DIR with it")
-    unknown = [g for g in transfer or [] if g not in TRANSFER_GROUPS]
+    unknown = [g for g in transfer or [] if g not in TRANSFER_GROUPS + TRANSFER_SELECTIONS]
     if unknown:
         raise ScarceError(f"--transfer: {unknown[0]!r} is not a weight group a warm-up hands on; choose from "
-                          f"{', '.join(TRANSFER_GROUPS)}")
+                          f"{', '.join(TRANSFER_GROUPS + TRANSFER_SELECTIONS)}")
     if seq_len is None:
         seq_len = chosen.example_tokens - 1 if not chosen.splittable else min(chosen.example_tokens - 1, 256)
     base = {
         "name": name or f"diagnose-{task}", "runs_dir": str(runs_dir),
         "data": {"source": "procedural"},
-        "model": {**TINY_MODEL, "seq_len": seq_len},
+        "model": {**preset.get("model", TINY_MODEL), "seq_len": seq_len},
         "optim": RECIPE,
-        "train": {"batch_size": batch_size, "tokens": steps * batch_size * seq_len, "seed": seed, "data_seed": seed},
+        # compiled: the elementwise work of a width-16 model fuses (benchmarks/bench_diagnostic.py)
+        "train": {"batch_size": batch_size, "tokens": steps * batch_size * seq_len, "seed": seed, "data_seed": seed,
+                  "compile": True},
         "procedural": {"task": task, "params": chosen.params()},
     }
     if warmup is not None:

@@ -16,7 +16,7 @@ from scarce import runs
 from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
 from scarce.config import InitConfig, RunConfig
 from scarce.errors import ScarceError
-from scarce.model import Transformer, weight_group
+from scarce.model import Transformer, transferred, weight_group
 from scarce.train.optim import lr_at
 
 
@@ -47,35 +47,56 @@ def tokens_seen_at(source: Path, state: dict, step: int) -> int:
     return step * config["train"]["batch_size"] * config["model"]["seq_len"]
 
 
+def _copied(own: dict, source: dict, groups, from_run) -> dict:
+    """The weights of `groups` from `source` (a checkpoint's weights), checked against the model's `own`."""
+    vocab_rows = source["head.weight"].shape[0] if "head.weight" in source else None
+    copied = {}
+    for name, tensor in own.items():
+        group = weight_group(name)
+        if not transferred(name, groups):
+            continue
+        if name not in source:
+            raise ScarceError(
+                f"init.groups: group {group!r} needs weight {name!r}, which run {from_run} does not have "
+                "(another architecture: a different number of layers or no QK-norm)"
+            )
+        value, target = source[name], tensor
+        if name == "embed.weight":  # input-only rows (MIR's mask token) after the vocabulary are never copied
+            value, target = value[:vocab_rows], tensor[: own["head.weight"].shape[0]]
+        if value.shape != target.shape:
+            raise ScarceError(
+                f"init.groups: group {group!r} weight {name!r} has shape {tuple(value.shape)} in run {from_run} "
+                f"but {tuple(target.shape)} in this model"
+            )
+        copied[name] = torch.cat([value, tensor[len(value):]]) if name == "embed.weight" else value
+    missing = sorted(n for n in source if transferred(n, groups) and n not in own)
+    if missing:
+        raise ScarceError(f"init.groups: run {from_run} has weights this model lacks: {', '.join(missing)}")
+    return copied
+
+
+def _record(from_run, state: dict, step: int, groups) -> dict:
+    return {"from_run": Path(from_run).name, "from_path": str(Path(from_run).resolve()), "checkpoint_step": step,
+            "tokens_seen": tokens_seen_at(Path(from_run), state, step), "groups": list(groups)}
+
+
 def initialize(model: Transformer, cfg: InitConfig) -> dict | None:
     """Apply `cfg` to a freshly initialized model; returns what the run records (None: from scratch)."""
     if cfg.from_run is None or cfg.mode == "continue":  # a continued run's whole state is loaded by the trainer
         return None
     source, state, step = load_source_checkpoint(cfg)
     own = model.state_dict()
-    vocab_rows = model.shape.vocab_size  # input-only rows (MIR's mask token) after these are never copied
-    copied = {}
-    for name, tensor in own.items():
-        group = weight_group(name)
-        if group not in cfg.groups:
-            continue
-        if name not in source:
-            raise ScarceError(
-                f"init.groups: group {group!r} needs weight {name!r}, which run {cfg.from_run} does not have "
-                "(another architecture: a different number of layers or no QK-norm)"
-            )
-        value, target = source[name], tensor
-        if name == "embed.weight":
-            value, target = value[: source["head.weight"].shape[0]], tensor[:vocab_rows]
-        if value.shape != target.shape:
-            raise ScarceError(
-                f"init.groups: group {group!r} weight {name!r} has shape {tuple(value.shape)} in run {cfg.from_run} "
-                f"but {tuple(target.shape)} in this model"
-            )
-        copied[name] = torch.cat([value, tensor[vocab_rows:]]) if name == "embed.weight" else value
-    missing = sorted(n for n in source if weight_group(n) in cfg.groups and n not in own)
-    if missing:
-        raise ScarceError(f"init.groups: run {cfg.from_run} has weights this model lacks: {', '.join(missing)}")
+    copied = _copied(own, source, cfg.groups, cfg.from_run)
+    more = []
+    for extra in cfg.sources:  # further runs' groups: e.g. a set warm-up's attention, an ECA warm-up's MLP
+        weights, extra_state, extra_step = load_source_checkpoint(extra)
+        theirs = _copied(own, weights, extra.groups, extra.from_run)
+        twice = sorted(set(theirs) & set(copied))
+        if twice:
+            raise ScarceError(f"init.sources: {', '.join(twice)} would come from {extra.from_run} and from an "
+                              "earlier run too; copy each weight from one run")
+        copied.update(theirs)
+        more.append(_record(extra.from_run, extra_state, extra_step, extra.groups))
     if cfg.embedding_init == "mean":
         rows = source["embed.weight"][: source["head.weight"].shape[0]]
         if rows.shape[1] != own["embed.weight"].shape[1]:
@@ -83,16 +104,14 @@ def initialize(model: Transformer, cfg: InitConfig) -> dict | None:
                 f"init.embedding_init='mean': run {cfg.from_run} has d_model {rows.shape[1]}, "
                 f"this model {own['embed.weight'].shape[1]}"
             )
-        copied["embed.weight"] = rows.mean(dim=0).expand_as(own["embed.weight"]).clone()
+        mean = rows.mean(dim=0)
+        copied["embed.weight"] = mean.expand_as(own["embed.weight"]).clone()
+        if "head" not in cfg.groups:  # as the reference's "average" init does: the output head's rows too
+            copied["head.weight"] = mean.expand_as(own["head.weight"]).clone()
     model.load_state_dict({**own, **copied})
-    return {
-        "from_run": Path(cfg.from_run).name,
-        "from_path": str(Path(cfg.from_run).resolve()),
-        "checkpoint_step": step,
-        "tokens_seen": tokens_seen_at(Path(cfg.from_run), state, step),
-        "groups": list(cfg.groups),
-        "embedding_init": cfg.embedding_init if "embeddings" not in cfg.groups else "copied",
-    }
+    record = {**_record(cfg.from_run, state, step, cfg.groups),
+              "embedding_init": cfg.embedding_init if "embeddings" not in cfg.groups else "copied"}
+    return {**record, "sources": more} if more else record
 
 
 # Keys a continued run may change: its name and place, its length and the schedule after the branch

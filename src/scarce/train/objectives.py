@@ -6,7 +6,8 @@ averaged) over the positions whose loss counts; `ntp_sum` is the plain next-toke
 `train_loss` the trainer logs (None when the pass has none). The trainer divides by the global batch's
 counted positions, so a step's loss is a mean over the global batch whatever the micro-batching or the
 process layout. Passes are backpropagated one after another, so one pass's activations are alive at a
-time. A source's loss mask restricts every objective's loss to its positions.
+time. A source's loss mask restricts every objective's loss to its positions. `logged(objective, ntp)`
+turns a step's two global means into what the metrics record beside `train_loss`.
 """
 
 from pathlib import Path
@@ -26,13 +27,20 @@ from scarce.errors import ScarceError
 MIR_EXECUTION_BY_DEVICE = {"cpu": "two_pass", "cuda": "concatenated"}
 
 
+def counted_positions(loss_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The flat indices of the positions whose loss counts (None: all of them), for the model's `positions`."""
+    return None if loss_mask is None else loss_mask.flatten().nonzero().squeeze(1)
+
+
 def token_loss_sum(model, inputs: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
-    """Summed next-token cross-entropy over the positions that count."""
-    logits = model(inputs)
-    if loss_mask is None:
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
-    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    return (losses * loss_mask.flatten()).sum()
+    """Summed next-token cross-entropy over the positions that count.
+
+    With a loss mask the model computes its output head only at the counted positions (model.forward's
+    `positions`), so the head and the loss cost nothing where nothing is counted."""
+    positions = counted_positions(loss_mask)
+    logits = model(inputs) if positions is None else model(inputs, positions)
+    counted_targets = targets.flatten() if positions is None else targets.flatten().index_select(0, positions)
+    return F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="sum")
 
 
 class NextToken:
@@ -46,6 +54,9 @@ class NextToken:
             return loss, loss
 
         return [ntp]
+
+    def logged(self, objective: float, ntp: float) -> dict:
+        return {}
 
     def state_dict(self) -> dict:
         return {}
@@ -97,17 +108,21 @@ class MaskedInput:
             return self.weight * token_loss_sum(model, masked_inputs, batch.targets, batch.loss_mask), None
 
         def concatenated(model):  # one pass over [clean; masked] rows: the same sums, one bigger matmul each
-            targets = torch.cat([batch.targets, batch.targets])
-            mask = None if batch.loss_mask is None else torch.cat([batch.loss_mask, batch.loss_mask])
-            losses = F.cross_entropy(
-                model(torch.cat([batch.inputs, masked_inputs])).flatten(0, 1), targets.flatten(), reduction="none"
-            )
-            if mask is not None:
-                losses = losses * mask.flatten()
-            clean_sum, masked_sum = losses.view(2, -1).sum(dim=1)
+            targets = torch.cat([batch.targets, batch.targets]).flatten()
+            positions = counted_positions(None if batch.loss_mask is None else torch.cat([batch.loss_mask, batch.loss_mask]))
+            inputs = torch.cat([batch.inputs, masked_inputs])
+            logits = model(inputs) if positions is None else model(inputs, positions)
+            counted_targets = targets if positions is None else targets.index_select(0, positions)
+            losses = F.cross_entropy(logits.flatten(0, -2), counted_targets, reduction="none")
+            clean_sum, masked_sum = losses.view(2, -1).sum(dim=1)  # the counted positions of the clean rows come first
             return clean_sum + self.weight * masked_sum, clean_sum
 
         return [clean, masked] if self.execution == "two_pass" else [concatenated]
+
+    def logged(self, objective: float, ntp: float) -> dict:
+        """The combined loss and the masked pass's own loss (a mean over the same positions), as the
+        reference logs them beside the clean one."""
+        return {"train_combined_loss": objective, "train_masked_loss": (objective - ntp) / self.weight if self.weight else None}
 
     def state_dict(self) -> dict:
         return {"batches_masked": self.batches_masked}
@@ -143,6 +158,9 @@ class TokenDistillation:
             return (1 - self.weight) * ntp.sum() + self.weight * kl.sum(), ntp.sum()
 
         return [distill]
+
+    def logged(self, objective: float, ntp: float) -> dict:
+        return {"train_combined_loss": objective}
 
     def state_dict(self) -> dict:
         return {}

@@ -80,6 +80,7 @@ class Run:
     summary: dict
     console: Console
     best_val_loss: float = math.inf
+    objective_loss: float = math.nan  # the last step's objective (e.g. MIR's combined loss), a global mean
     last_eval: dict | None = None
     started: float = 0.0  # perf_counter at step 0, shifted back by the wall time of earlier sessions
     throughput: dict = field(default_factory=lambda: {"tokens": 0, "since": time.perf_counter(), "fetch_seconds": 0.0})
@@ -115,6 +116,7 @@ def train_step(run: Run, batch: Batch, lr: float) -> float:
     if ctx.world_size > 1:
         dist.all_reduce(sums)
     train_loss = sums[1].item() / batch.global_targets
+    run.objective_loss = sums[0].item() / batch.global_targets
     if not math.isfinite(train_loss):
         _diverged(run, f"training loss became {train_loss}", run.source.step)
     if run.config.optim.grad_clip > 0:
@@ -343,7 +345,8 @@ def _after_step(run: Run, step: int, train_loss: float, lr: float) -> str | None
     if step % cfg.log_every == 0 or last_step:
         elapsed = time.perf_counter() - run.throughput["since"]
         record = {
-            "step": step, "train_loss": train_loss, "lr": lr, "tokens_seen": source.tokens_seen(step),
+            "step": step, "train_loss": train_loss, **run.objective.logged(run.objective_loss, train_loss),
+            "lr": lr, "tokens_seen": source.tokens_seen(step),
             "unique_tokens": source.unique_tokens, "epochs_completed": source.epochs_completed(step),
             "tokens_per_second": run.throughput["tokens"] / elapsed,
             "loader_fraction": run.throughput["fetch_seconds"] / elapsed,  # share of step time spent fetching batches

@@ -1,0 +1,141 @@
+"""Evidence: the needle-in-a-haystack diagnostic at the paper's protocol (Jiang, Shinnick et al. 2026).
+
+The tiny model (2 layers, 4 heads, width 16) on the haystack stream, 10,000 steps of 1,000 examples,
+lr 1e-3 cosine with 500 warm-up steps, weight decay 0.001 (`scarce diagnose haystack`'s defaults), scored
+on the 4,000 held-out examples every 250 steps. Arms, in this order: from scratch; after a k-Dyck warm-up;
+after the shuffled-Dyck control (the warm-up's tokens shuffled within each sequence). A warm-up is
+`scarce diagnose warmup dyck`'s defaults (1,000 steps of 1,000 rows, the same recipe) on k = 16 Dyck
+examples of 64 tokens (one per row); the haystack run then copies attention, MLP and norms and sets
+every input-embedding and output-head row to the warm-up's mean embedding row (the reference's
+`everything` transfer with `average` embedding init).
+
+    python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
+    python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
+
+`run` trains the arms one after another (each run's metrics.jsonl holds its accuracy curve as it goes);
+`collect` reads whatever the runs have written so far, finished or not, and writes the JSON and a plot
+(the same name, .png) with the fraction of the protocol each arm reached. Not part of the tests.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from scarce import runs
+from scarce.atomic import write_json_atomic
+from scarce.report import plt, save_figure
+from scarce.studies.diagnose import (
+    HAYSTACK_CHANCE,
+    PAPER_BATCH,
+    PAPER_HAYSTACK,
+    PAPER_STEPS,
+    diagnostic_config,
+)
+from scarce.train.trainer import train
+
+EVAL_EVERY = 250
+DYCK = {"k": 16, "length": 64}
+WARMUP_STEPS = 1000
+ARMS = {"scratch": None, "dyck": DYCK, "shuffled dyck": {**DYCK, "shuffled": True}}
+INDEX = "arms.json"  # arm and seed → run directory, written as each run starts
+
+
+def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_steps: int = WARMUP_STEPS) -> None:
+    torch.set_num_threads(1)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    index_path = runs_dir / INDEX
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    for seed in seeds:
+        for arm in arms:
+            warmup_params, key = ARMS[arm], f"{arm}/seed{seed}"
+            if key in index:
+                continue
+            warmup = None
+            if warmup_params is not None:
+                warmup = train(diagnostic_config("dyck", warmup_params, steps=warmup_steps, seed=seed, runs_dir=runs_dir,
+                                                 name=f"warmup-{arm.replace(' ', '-')}-s{seed}"), progress=False)
+            config = diagnostic_config("haystack", steps=steps, seed=seed, warmup=warmup, runs_dir=runs_dir,
+                                       name=f"haystack-{arm.replace(' ', '-')}-s{seed}",
+                                       overrides=[f"train.eval_every={EVAL_EVERY}"]
+                                       + (["init.embedding_init='mean'"] if warmup else []))
+            # the run directory is known once training starts: record it from the run's own name afterwards
+            index[key] = {"pending": config.name, "warmup": str(warmup) if warmup else None}
+            write_json_atomic(index_path, index)
+            index[key]["run"] = str(train(config, progress=False))
+            write_json_atomic(index_path, index)
+
+
+def _run_dir(runs_dir: Path, entry: dict) -> Path | None:
+    if "run" in entry:
+        return Path(entry["run"])
+    started = sorted(runs_dir.glob(f"{entry['pending']}-*"))  # the run in progress
+    return started[-1] if started else None
+
+
+def collect(runs_dirs: list[Path], out: Path) -> dict:
+    arms = {}
+    for runs_dir, key, entry in [(d, k, e) for d in runs_dirs for k, e in json.loads((d / INDEX).read_text()).items()]:
+        run_dir = _run_dir(runs_dir, entry)
+        if run_dir is None:
+            continue
+        curve = [(r["step"], r["val_accuracy"]) for r in runs.read_metrics(run_dir) if "val_accuracy" in r]
+        summary = runs.read_summary(run_dir)
+        steps_total = summary["steps_total"]
+        reached = curve[-1][0] if curve else 0
+        arms[key] = {
+            "run": run_dir.name, "status": summary["status"], "warmup": Path(entry["warmup"]).name if entry["warmup"] else None,
+            "warmup_steps": runs.read_summary(Path(entry["warmup"]))["steps"] if entry["warmup"] else None,
+            "steps_total": steps_total, "steps_evaluated": reached,
+            "fraction_of_protocol": reached / PAPER_STEPS,
+            "final_accuracy": curve[-1][1] if curve else None,
+            "first_step_at_or_above": {str(level): next((s for s, a in curve if a >= level), None) for level in (0.5, 0.9)},
+            "curve": [{"step": s, "accuracy": a} for s, a in curve],
+        }
+    result = {
+        "protocol": {"steps": PAPER_STEPS, "batch": PAPER_BATCH, "model": "2 layers, 4 heads, width 16",
+                     "optim": "lr 1e-3 cosine, 500 warm-up steps, weight decay 0.001", "eval_every": EVAL_EVERY,
+                     "heldout_examples": 4000, "warmup": {"task": "dyck", "params": DYCK, "steps": WARMUP_STEPS,
+                                                          "batch": PAPER_BATCH}},
+        "paper": PAPER_HAYSTACK, "chance": HAYSTACK_CHANCE, "arms": arms,
+    }
+    write_json_atomic(out, result)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (key, arm) in enumerate(arms.items()):
+        ax.plot([p["step"] for p in arm["curve"]], [p["accuracy"] for p in arm["curve"]], color=f"C{i}", marker="o",
+                markersize=2, label=f"{key} ({arm['fraction_of_protocol']:.0%} of the protocol)")
+    for arm, accuracy in PAPER_HAYSTACK.items():
+        ax.axhline(accuracy, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"paper, {arm}: {accuracy:.1%}", (PAPER_STEPS, accuracy), ha="right", va="bottom", fontsize=7)
+    for label, accuracy in HAYSTACK_CHANCE.items():
+        ax.axhline(accuracy, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(f"chance, {label}: {accuracy:.1%}", (0, accuracy), ha="left", va="bottom", fontsize=7)
+    ax.set_xlim(0, PAPER_STEPS)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("haystack training step (the paper's protocol: 10,000)")
+    ax.set_ylabel("accuracy on the 4,000 held-out examples")
+    ax.legend(fontsize=7, loc="center right")
+    save_figure(fig, out.with_suffix(".png"))
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["run", "collect"])
+    parser.add_argument("--runs-dir", type=Path, nargs="+", default=[Path("runs/evidence-haystack")],
+                        help="run: one; collect: any number (arms run in parallel, each in its own)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="the Dyck warm-ups' steps of 1,000 rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=PAPER_STEPS)
+    parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
+    args = parser.parse_args()
+    if args.what == "run":
+        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
+    else:
+        print(json.dumps(collect(args.runs_dir, args.out)["arms"], indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
