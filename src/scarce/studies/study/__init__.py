@@ -45,8 +45,25 @@ from scarce.studies.study.design import (
     step_tokens,
     write_design,
 )
-from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, Effect, estimate_multiplier, judge, measure_effects
-from scarce.studies.study.extrapolation import asymptote_at, compare_forms, extrapolate, law_candidates, measured_scale, predict_recipe
+from scarce.studies.study.estimates import (
+    NOT_DISTINGUISHABLE,
+    Effect,
+    calibration,
+    estimate_multiplier,
+    judge,
+    measure_effects,
+    pooled_sd,
+    reference_law,
+    seed_groups,
+)
+from scarce.studies.study.extrapolation import (
+    asymptote_at,
+    compare_forms,
+    extrapolate,
+    fit_laws,
+    measured_scale,
+    predict_recipe,
+)
 from scarce.studies.study.interventions import INTERVENTIONS, STANDARD_WEIGHT_DECAY, Intervention, select_interventions
 from scarce.studies.study.running import StudyRuns, run_study
 
@@ -62,16 +79,18 @@ __all__ = [  # the whole study, and the pieces a notebook or a test reaches for
 def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervention], inputs: Inputs,
              base: RunConfig, bootstrap: int) -> dict:
     """Effects (with multipliers and verdicts), laws and the recommendation, as one JSON-ready dict."""
-    effects, spread = measure_effects(study, design, interventions)
+    effects = measure_effects(study, design, interventions)
     comparison = compare_forms(study.rows)
-    template = law_candidates()[comparison["chosen"]] if comparison["chosen"] else None
+    laws, problems = fit_laws(study.rows, comparison, bootstrap)
     for effect in effects:
         if effect.status == "measured":
-            estimate_multiplier(effect, study.rows, template, bootstrap)
-        judge(effect)
-    extrapolation = extrapolate(study.rows, effects, inputs, base, bootstrap, comparison)
+            estimate_multiplier(effect, *reference_law(study.rows, effect.reference, design.sizes[0], laws, bootstrap))
+    tuned_law = reference_law(study.rows, "tuned", design.sizes[0], laws, bootstrap)[0]
+    extrapolation = extrapolate(study.rows, effects, inputs, base, comparison, laws, problems)
+    sd, df = pooled_sd(seed_groups(study.ensembles))
     return {
-        "schema": "scarce.study/1", "inputs": inputs.key(), "design": asdict(design), "spread": spread,
+        "schema": "scarce.study/2", "inputs": inputs.key(), "design": asdict(design),
+        "noise": {"sd": sd, "df": df}, "calibration": calibration(study, tuned_law),
         "effects": [asdict(e) for e in effects], "extrapolation": extrapolation,
         "scale": measured_scale(study.rows, inputs),
         "ensembles": study.ensembles, "rows": [asdict(r) for r in study.rows], "failed": study.failed,

@@ -127,13 +127,16 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
+        # Interventions run at a seed no reference run used: the grid's run at the tuned setting won a selection
+        # (its noise is biased low), and a shared seed would carry that luck into the intervention.
+        fresh = {d: member_config(c, design.members) if c is not None else None for d, c in tuned.items()}
         # Seeds of the tuned setting at every budget: the ensembles, and the seed-to-seed spread every verdict needs.
         wants_members = set(design.budgets)
         for intervention in active:
             if intervention.measure != "single":
                 continue
             try:
-                second += [(intervention.name, with_overrides(tuned[d], intervention.overrides_for(tuned[d])))
+                second += [(intervention.name, with_overrides(fresh[d], intervention.overrides_for(fresh[d])))
                            for d in intervention.where(design.budgets) if tuned[d] is not None]
             except ScarceError as err:  # overrides this version's config does not accept: say so, run the rest
                 skipped[intervention.name] = f"its config overrides do not validate: {err}"
@@ -157,7 +160,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
             if len(ensemble["members"]) < 2:
                 skipped.setdefault("distill", "the ensemble teacher has fewer than two finished members")
                 continue
-            students.append(("distill", student_config(tuned[ensemble["budget"]], ensemble, distill, console)))
+            students.append(("distill", student_config(fresh[ensemble["budget"]], ensemble, distill, console)))
         train(study, students)
     return StudyRuns(rows, configs, ensembles, skipped, time.perf_counter() - started, failed)
 
