@@ -72,7 +72,7 @@ RESULTS_FILE = "results.json"
 __all__ = [  # the whole study, and the pieces a notebook or a test reaches for
     "run", "conclude", "RESULTS_FILE", "INTERVENTIONS", "Intervention", "select_interventions", "STANDARD_WEIGHT_DECAY",
     "Inputs", "Design", "base_config", "design_study", "step_tokens", "ANALYSIS_FRACTION", "Effect", "judge",
-    "NOT_DISTINGUISHABLE", "asymptote_at", "predict_recipe",
+    "NOT_DISTINGUISHABLE", "asymptote_at", "predict_recipe", "rejudge",
 ]
 
 
@@ -133,5 +133,37 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
     write_json_atomic(out / RESULTS_FILE, results)
     # the study's runs as one committable file: each run's config difference, summary and evaluation curve
     write_runs_jsonl(runs.run_dirs(base.runs_dir), base.model_dump(mode="json"), out / RUNS_JSONL_FILE)
+    write_report(results, out)
+    return results
+
+
+def rejudge(out: Path, bootstrap: int | None = None) -> dict:
+    """Conclude a finished study again from its committed record (results.json and runs.jsonl), without its
+    run directories: the estimates, laws, report and figures with this version's code; nothing is retrained.
+    The runs' FLOPs are re-read from runs.jsonl in the study's convention (running.flops_6nd)."""
+    import json
+
+    from scarce.runs_jsonl import RUNS_JSONL_FILE
+    from scarce.studies.study.report import write_report
+    from scarce.studies.study.running import Row, flops_6nd
+
+    out = Path(out)
+    old = json.loads((out / RESULTS_FILE).read_text())
+    lines = [json.loads(line) for line in (out / RUNS_JSONL_FILE).read_text().splitlines() if line.strip()]
+    summaries = {r["run_id"]: r["summary"] for r in lines if "run_id" in r}
+    fields = Row.__dataclass_fields__
+    rows = [Row(**{**{k: v for k, v in r.items() if k in fields},
+                   "flops": flops_6nd(summaries[r["run_id"]]) if r["run_id"] in summaries else r["flops"]})
+            for r in old["rows"]]
+    inputs = Inputs(**old["inputs"])
+    design = Design.from_dict(old["design"])
+    design.full_sizes = old["design"].get("full_sizes", 2)
+    skipped = {e["name"]: e["reason"] for e in old["effects"] if e["status"] == "skipped"}
+    study = StudyRuns(rows, {}, old["ensembles"], skipped, 0.0, old["failed"])
+    base = base_config(inputs.corpus, out, inputs.overrides)
+    results = conclude(study, design, select_interventions(inputs.interventions), inputs, base,
+                       old.get("bootstrap", 100) if bootstrap is None else bootstrap)
+    results["wall_seconds"] = old.get("wall_seconds", {})
+    write_json_atomic(out / RESULTS_FILE, results)
     write_report(results, out)
     return results

@@ -118,24 +118,27 @@ class Level:
     budgets: int  # nested unique-token budgets: the largest D and D/2, D/4, ...
     epochs: tuple[int, ...]
     weight_decays: tuple[float, ...]  # always includes the standard 0.1
-    members: int  # ensemble members = seeds at the tuned setting (the seed-to-seed spread)
+    members: int  # seeds of the tuned setting: the grid's run + members − 1 fresh seeds (the reference's noise)
     min_steps: int  # the largest budget must be at least this many optimizer steps of tokens
-    full_sizes: int = 2  # sizes after the first `full_sizes` run at the smallest budget only (for their cost)
+    full_sizes: int = 2  # sizes after the first `full_sizes` run at the two largest budgets only (for their cost)
 
 
-# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters); the third,
-# costliest size runs at the smallest budget only, which is enough for that.
+# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters). Every size runs
+# at the largest budget, where larger models can win, and at two budgets at least; the costliest size only at
+# the two largest. Four seeds of each tuned setting: three fresh ones are the reference effects are judged on.
 LEVELS = (
-    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 64),
-    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
-    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 4),
-    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 2, 2),
+    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 4, 64),
+    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 4, 8),
+    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 4, 4),
+    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 4, 2),
 )
+IDENTIFIES_N = ("three sizes", "three sizes, two weight decays")  # the levels whose sizes can pin the N term
 
 
 def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) -> list[tuple[str, int]]:
-    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the smallest."""
-    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[:1])]
+    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the two
+    largest (so every size has the largest budget and two budgets to separate N from U)."""
+    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[-2:])]
 
 
 @dataclass
@@ -150,7 +153,11 @@ class Design:
     seconds_per_token: dict[str, float]  # calibrated training seconds per token, per size
     predicted_seconds: float
     hours: float
-    full_sizes: int = 2  # sizes after these run at the smallest budget only
+    full_sizes: int = 2  # sizes after these run at the two largest budgets only
+    # --budget-hours that would give a design able to identify the N term on this machine (its calibrated
+    # throughput): the first N-identifying level at its smallest budget; and the next level up, 4× budgets
+    hours_to_identify_n: float | None = None
+    hours_for_4x_budget: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Design:
@@ -277,7 +284,8 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             budgets = nested_budgets(lo * step, level.budgets, step)
             predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
             return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
-                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes)
+                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes,
+                          *_hours_to_identify(level, lo, step, active, base, seconds_per_token, workers))
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
     if inputs.unique_tokens < smallest.min_steps * step:
@@ -292,7 +300,27 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                           f"{one_run:.0f} s each); give at least --budget-hours {math.ceil(one_run * 20 / 3600 * 100) / 100:g}")
     predicted = predict_seconds(stages, seconds_per_token, workers)
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
-                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes)
+                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes,
+                  *_hours_to_identify(smallest, smallest.min_steps, step, active, base, seconds_per_token, workers))
+
+
+def _hours_to_identify(level: Level, steps: int, step: int, interventions: Sequence[Intervention], base: RunConfig,
+                       seconds_per_token: dict[str, float], workers: int) -> tuple[float | None, float | None]:
+    """The --budget-hours at which this machine's calibrated throughput runs (a) the first level that can
+    identify the N term, at its smallest budget (when `level` cannot), and (b) an N-identifying level with
+    4× the largest budget (for when the sizes ran but did not separate N from U at these budgets)."""
+
+    def hours(lv: Level, largest_steps: int) -> float | None:
+        if not all(size in seconds_per_token for size in lv.sizes):
+            return None
+        budgets = nested_budgets(largest_steps * step, lv.budgets, step)
+        seconds = predict_seconds(planned_runs(lv, budgets, interventions, base), seconds_per_token, workers)
+        return math.ceil(seconds / (1 - ANALYSIS_FRACTION) / 3600 * 100) / 100
+
+    identifying = next(lv for lv in LEVELS if lv.name in IDENTIFIES_N[-1:])
+    to_identify = None if level.name in IDENTIFIES_N else hours(identifying, identifying.min_steps)
+    bigger = level if level.name in IDENTIFIES_N else identifying
+    return to_identify, hours(bigger, max(4 * steps, 4 * bigger.min_steps))
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,

@@ -40,6 +40,7 @@ class Effect:
     verdict: str = NOT_DISTINGUISHABLE
     verdict_reason: str = ""
     runs: list[str] = field(default_factory=list)
+    published: str = ""  # the published figure it corresponds to
 
 
 # ---------------------------------------------------------------- noise and the test
@@ -219,7 +220,8 @@ def measure_effects(study: StudyRuns, design: Design, interventions: Sequence[In
 
     effects = []
     for intervention in interventions:
-        effect = Effect(intervention.name, intervention.title, intervention.reference, "measured")
+        effect = Effect(intervention.name, intervention.title, intervention.reference, "measured",
+                        published=intervention.published)
         effects.append(effect)
         if intervention.name in study.skipped:
             effect.status, effect.reason = "skipped", study.skipped[intervention.name]

@@ -62,8 +62,15 @@ def _row(outcome: Outcome, part: str) -> Row | None:
     return Row(s["run_id"], part, c["model"]["size"], s["non_embedding_params"], c["data"]["unique_tokens"],
                s["unique_tokens"],
                float(s.get("epochs") or c["train"]["epochs"]), c["optim"]["weight_decay"], c["train"]["seed"],
-               loss if loss is not None and math.isfinite(loss) else None, float(s.get("flops") or 0.0),
+               loss if loss is not None and math.isfinite(loss) else None, flops_6nd(s),
                float(s.get("wall_seconds") or 0.0), s.get("status", "failed"))
+
+
+def flops_6nd(summary: dict) -> float:
+    """The run's training FLOPs in the study's one convention, C = 6·N·D with N non-embedding parameters (the
+    laws', the planner's and --flops'): the run counts the output head and attention too, so rescale."""
+    flops, per_token = float(summary.get("flops") or 0.0), summary.get("flops_per_token")
+    return flops * 6 * summary["non_embedding_params"] / per_token if per_token else flops
 
 
 def tuned_config(rows: Sequence[Row], configs: dict[str, RunConfig], size: str, budget: int) -> RunConfig | None:
