@@ -38,7 +38,6 @@ RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, fin
 # the one-hour studies of docs/studies spent 2.0 and 3.6 minutes there.
 ANALYSIS_FRACTION = 0.1
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
-SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
 # Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
 # KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
 SAMPLING_SLOWDOWN = 20.0
@@ -234,14 +233,17 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
     after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
-    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d)) for d in distilled]
+    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d, most)) for d in distilled]
     students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
     return [grid, after, scoring, sampling, students]
 
 
-def synthetic_tokens(budget: int) -> int:
-    """Tokens the teachers sample for a student at this budget (whole documents overshoot it)."""
-    return max(1, int(budget * SYNTHETIC_FRACTION))
+def synthetic_tokens(budget: int, epochs: float) -> int:
+    """Tokens the teachers sample for a student at this budget and epochs: a pool it passes over at most
+    3 times (scarce.studies.distill.pool_tokens; whole documents overshoot it a little)."""
+    from scarce.studies.distill import pool_tokens
+
+    return pool_tokens(budget, epochs, DISTILL_WEIGHT)
 
 
 def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_token: dict[str, float],
@@ -321,6 +323,43 @@ def _hours_to_identify(level: Level, steps: int, step: int, interventions: Seque
     to_identify = None if level.name in IDENTIFIES_N else hours(identifying, identifying.min_steps)
     bigger = level if level.name in IDENTIFIES_N else identifying
     return to_identify, hours(bigger, max(4 * steps, 4 * bigger.min_steps))
+
+
+# ---------------------------------------------------------------- keeping the budget while running
+
+DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
+
+
+def level_of(design: Design) -> Level:
+    return Level(design.level, tuple(design.sizes), len(design.budgets), tuple(design.epochs),
+                 tuple(design.weight_decays), design.members, 0, design.full_sizes)
+
+
+def slowdown(rows: Sequence, design: Design) -> float:
+    """Measured over predicted seconds of finished runs (their own wall time, so reused runs count as they
+    ran): how much slower this machine is now than when it was calibrated."""
+    predicted = sum(RUN_OVERHEAD_SECONDS + r.unique_tokens * r.epochs * design.seconds_per_token.get(r.size, 0.0)
+                    for r in rows if r.wall_seconds)
+    measured = sum(r.wall_seconds for r in rows if r.wall_seconds)
+    return measured / predicted if predicted > 0 else 1.0
+
+
+def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConfig, from_stage: int,
+            factor: float, seconds_left: float) -> list[str]:
+    """The lowest-priority interventions (DROP_ORDER) to drop so that the stages from `from_stage` on,
+    predicted at `factor` × the calibrated time, fit `seconds_left`; the fewest that do (all of DROP_ORDER
+    when even that does not)."""
+    level, dropped = level_of(design), []
+    for name in (None, *DROP_ORDER):
+        if name is not None:
+            if name not in {i.name for i in interventions}:
+                continue
+            dropped.append(name)
+        keep = [i for i in interventions if i.name not in dropped]
+        stages = planned_runs(level, design.budgets, keep, base)[from_stage:]
+        if predict_seconds(stages, design.seconds_per_token, design.workers) * factor <= seconds_left:
+            break
+    return dropped
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,

@@ -225,6 +225,7 @@ def measure_effects(study: StudyRuns, design: Design, interventions: Sequence[In
         effects.append(effect)
         if intervention.name in study.skipped:
             effect.status, effect.reason = "skipped", study.skipped[intervention.name]
+            judge(effect)
             continue
         # (the run whose N, U and epochs place the point, its losses, FLOPs, run ids, reference seed losses and runs)
         measured: list[tuple[Row, list[float], float, list[str], list[float], list[str]]] = []
@@ -251,6 +252,7 @@ def measure_effects(study: StudyRuns, design: Design, interventions: Sequence[In
         if not measured:
             effect.status = "failed"
             effect.reason = "no finished runs (see the failed runs below)" if study.failed else "no runs in this design"
+            judge(effect)
             continue
         for setting, losses, flops, run_ids, reference_losses, reference_runs in measured:
             reference = (_grid(rows, setting.size, setting.budget, standard=True) if intervention.reference == "standard"

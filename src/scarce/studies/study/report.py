@@ -269,6 +269,9 @@ def headline(results: dict) -> str:
     elif "recommendation" in problems and design.get("hours_for_4x_budget"):
         text = (f"No model size: the runs did not separate the model-size term from the data term; 4× the budgets, "
                 f"--budget-hours {design['hours_for_4x_budget']:g} on this machine, may.")
+    elif "recommendation" in problems:
+        text = ("No model size: the runs did not separate the model-size term from the data term (a design from "
+                "before the budget that identifies N was recorded; see below).")
     else:
         text = "No recommendation: the runs do not support a fitted law (see 'What this study could not conclude')."
     return text[:HEADLINE_CHARACTERS]
@@ -279,8 +282,8 @@ def effects_line(results: dict) -> str:
                  for e in results["effects"] if e["verdict"] == v] for v in ("gain", "loss")}
     if not found["gain"] and not found["loss"]:
         return "No intervention's effect was distinguishable from zero at this scale."
-    return "; ".join(f"Distinguishable {what}s at this scale: {', '.join(names)}" for what, names in found.items()
-                     if names) + "."
+    return "; ".join(f"Distinguishable {what} at this scale: {', '.join(names)}" for what, names in
+                     (("gains", found["gain"]), ("losses", found["loss"])) if names) + "."
 
 
 def recommendation(results: dict) -> list[tuple]:

@@ -18,7 +18,15 @@ from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import Executor
-from scarce.studies.study.design import STUDY_NAME, Design, grid_cells, synthetic_tokens
+from scarce.studies.study.design import (
+    ANALYSIS_FRACTION,
+    STUDY_NAME,
+    Design,
+    grid_cells,
+    slowdown,
+    synthetic_tokens,
+    to_drop,
+)
 from scarce.studies.study.interventions import DISTILL_WEIGHT, Intervention
 from scarce.studies.sweep import Outcome, Study, point_config
 
@@ -113,6 +121,18 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     active = [i for i in interventions if i.name not in skipped]
     spec = {"design": asdict(design), "interventions": [i.name for i in interventions]}
 
+    def keep_the_budget(from_stage: int) -> None:
+        """Re-measure the throughput on the runs so far; when the rest would overrun the budget, drop the
+        lowest-priority interventions (named in the report with the reason)."""
+        nonlocal active
+        factor = slowdown(rows, design)
+        left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - started)
+        for name in to_drop(design, active, base, from_stage, factor, left):
+            skipped[name] = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× "
+                             f"their calibrated time, and the rest would not have fit")
+            console.print(f"[yellow]note:[/yellow] {name} {skipped[name]}")
+        active = [i for i in active if i.name not in skipped]
+
     def train(study: Study, batch: list[tuple[str, RunConfig]]) -> list[Row | None]:
         if not batch:
             return []
@@ -131,6 +151,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     with Study(STUDY_NAME, base.runs_dir, "study", spec) as study:
         console.print(f"[bold]grid[/bold]: {len(grid_configs(base, design))} runs")
         train(study, [("grid", c) for c in grid_configs(base, design)])
+        keep_the_budget(from_stage=1)
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
@@ -153,6 +174,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         if second:
             console.print(f"[bold]interventions[/bold]: {len(second)} runs")
         train(study, second)
+        keep_the_budget(from_stage=2)
         ensembles = []
         for d in sorted(wants_members):
             if tuned[d] is None:
@@ -206,6 +228,7 @@ def student_config(tuned: RunConfig, ensemble: dict, intervention: Intervention,
 
     weight = intervention.overrides_for(tuned).get("distill.weight", DISTILL_WEIGHT)
     teachers = [Path(tuned.runs_dir) / m for m in ensemble["members"]]
-    synthetic = sample_synthetic(teachers, synthetic_tokens(ensemble["budget"]), Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
+    synthetic = sample_synthetic(teachers, synthetic_tokens(ensemble["budget"], tuned.train.epochs),
+                                 Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
                                  progress=False, console=console)
     return point_config(distill_config(tuned, "sequence", teachers, weight, synthetic), {}, STUDY_NAME)
