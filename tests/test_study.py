@@ -72,6 +72,26 @@ def test_the_design_can_identify_n_or_names_the_budget_that_would(tmp_path):
     assert rich.hours_for_4x_budget > 4.0 * 0.9
 
 
+def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions(tmp_path):
+    """Runs 3× slower than calibrated (another process on the cores): the fewest lowest-priority
+    interventions are dropped so the rest fits the time left, distillation first; on time, none."""
+    from scarce.studies.study.design import level_of, planned_runs, predict_seconds, slowdown, to_drop
+    from scarce.studies.study.running import Row
+
+    base = S.base_config("kjv", tmp_path, [])
+    active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
+    design = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active)
+    rest = predict_seconds(planned_runs(level_of(design), design.budgets, active, base)[1:], SECONDS_PER_TOKEN, 2)
+    assert to_drop(design, active, base, 1, 1.0, rest * 1.01) == []
+    dropped = to_drop(design, active, base, 1, 3.0, rest * 1.5)
+    assert dropped and dropped[0] == "distill"
+    kept = [i for i in active if i.name not in dropped]
+    assert predict_seconds(planned_runs(level_of(design), design.budgets, kept, base)[1:], SECONDS_PER_TOKEN, 2) * 3 \
+        <= rest * 1.5
+    ran = [Row("r", "grid", "micro", 1, 1024, 1024, 4.0, 0.1, 0, 5.0, 1.0, 3 * (6 + 4096 / 5000), "completed")]
+    assert slowdown(ran, design) == pytest.approx(3.0)
+
+
 def test_budget_too_small_for_one_run_and_corpus_too_small_are_errors(tmp_path):
     base = S.base_config("kjv", tmp_path, [])
     with pytest.raises(ScarceError, match="--budget-hours 1e-05 is too small for even one run"):

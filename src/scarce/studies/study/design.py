@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -41,6 +41,7 @@ MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs r
 # Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
 # KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
 SAMPLING_SLOWDOWN = 20.0
+DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
 
 @dataclass
 class Inputs:
@@ -157,6 +158,7 @@ class Design:
     # throughput): the first N-identifying level at its smallest budget; and the next level up, 4× budgets
     hours_to_identify_n: float | None = None
     hours_for_4x_budget: float | None = None
+    dropped: list[str] = field(default_factory=list)  # interventions the budget could not afford (DROP_ORDER)
 
     @classmethod
     def from_dict(cls, d: dict) -> Design:
@@ -265,29 +267,37 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     is at least its `min_steps`; budgets never exceed U."""
     step = step_tokens(base)
     seconds = inputs.hours * 3600 * (1 - ANALYSIS_FRACTION)
-    active = [i for i in interventions if i.requires(base) is None]
+    everything = [i for i in interventions if i.requires(base) is None]
+    names = [i.name for i in everything]
+    # Within a level, the lowest-priority interventions are dropped before a poorer level is taken: the
+    # sizes that identify N are worth more than distillation's sampling.
+    drops = [[n for n in DROP_ORDER[:k] if n in names] for k in range(len(DROP_ORDER) + 1)]
     for level in LEVELS:
         if not all(size in seconds_per_token for size in level.sizes):
             continue
+        for dropped in drops:
+            active = [i for i in everything if i.name not in dropped]
 
-        def fits(steps: int) -> bool:
-            budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (fits is called in this iteration)
-            return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
+            def fits(steps: int) -> bool:
+                budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (called in this iteration)
+                return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
 
-        cap = inputs.unique_tokens // step
-        lo, hi = 0, 1
-        while hi <= cap and fits(hi):
-            lo, hi = hi, hi * 2
-        hi = min(hi, cap + 1)
-        while hi - lo > 1:  # largest steps in [lo, hi) that fits
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        if lo >= level.min_steps:
-            budgets = nested_budgets(lo * step, level.budgets, step)
-            predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
-            return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
-                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes,
-                          *_hours_to_identify(level, lo, step, active, base, seconds_per_token, workers))
+            cap = inputs.unique_tokens // step
+            lo, hi = 0, 1
+            while hi <= cap and fits(hi):
+                lo, hi = hi, hi * 2
+            hi = min(hi, cap + 1)
+            while hi - lo > 1:  # largest steps in [lo, hi) that fits
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            if lo >= level.min_steps:
+                budgets = nested_budgets(lo * step, level.budgets, step)
+                predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
+                return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
+                              level.members, workers, dict(seconds_per_token), predicted, inputs.hours,
+                              level.full_sizes, *_hours_to_identify(level, lo, step, everything, base,
+                                                                    seconds_per_token, workers), dropped)
+    active = [i for i in everything if i.name not in DROP_ORDER]
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
     if inputs.unique_tokens < smallest.min_steps * step:
@@ -303,7 +313,8 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     predicted = predict_seconds(stages, seconds_per_token, workers)
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
                   smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes,
-                  *_hours_to_identify(smallest, smallest.min_steps, step, active, base, seconds_per_token, workers))
+                  *_hours_to_identify(smallest, smallest.min_steps, step, everything, base, seconds_per_token, workers),
+                  [n for n in DROP_ORDER if n in names])
 
 
 def _hours_to_identify(level: Level, steps: int, step: int, interventions: Sequence[Intervention], base: RunConfig,
@@ -326,9 +337,6 @@ def _hours_to_identify(level: Level, steps: int, step: int, interventions: Seque
 
 
 # ---------------------------------------------------------------- keeping the budget while running
-
-DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
-
 
 def level_of(design: Design) -> Level:
     return Level(design.level, tuple(design.sizes), len(design.budgets), tuple(design.epochs),

@@ -118,6 +118,8 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     configs: dict[str, RunConfig] = {}
     failed: list[str] = []
     skipped = {i.name: reason for i in interventions if (reason := i.requires(base)) is not None}
+    skipped.update({name: f"dropped by the design: the {design.hours:g} h budget could not afford it on this machine"
+                    for name in design.dropped if name in {i.name for i in interventions}})
     active = [i for i in interventions if i.name not in skipped]
     spec = {"design": asdict(design), "interventions": [i.name for i in interventions]}
 
