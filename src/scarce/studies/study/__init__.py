@@ -9,7 +9,7 @@ data?" The study answers with its own small runs, in four steps:
 2. **Runs** (`running.py`): all of them as one resumable study in `DIR/runs` through an executor; the
    design is kept in `DIR/design.json`, so re-running the command continues and never repeats a run.
 3. **Estimates** (`estimates.py`): each intervention's loss change at matched compute, its effective-data
-   multiplier with a bootstrap interval, and an honesty verdict against the seed-to-seed spread.
+   multiplier read off the reference law at its own points, and one paired t-test for gains and losses.
 4. **Fits and extrapolation** (`extrapolation.py`): data-constrained laws fitted to the runs, the form
    picked by held-out error, then the best (N, epochs, recipe) at the user's U and C, its loss, the
    asymptote as compute → ∞, and the data efficiency of the best recipe against the standard one.

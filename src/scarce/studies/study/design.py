@@ -231,7 +231,7 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
             for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in i.where(budgets)]
-    ensembles = list(budgets)  # seeds of every tuned setting: the spread every verdict is judged against
+    ensembles = list(budgets)  # seeds of every tuned setting: the reference every verdict is judged against
     after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]

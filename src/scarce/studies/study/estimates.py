@@ -300,9 +300,10 @@ def calibration(study: StudyRuns, law, seed: int = 0) -> dict | None:
     """The placebo's test and k (with the tuned recipe's law), printed in every report."""
     points = placebo_points(study)
     test = paired_test(points, *pooled_sd(seed_groups(study.ensembles)))
-    if test is None or law is None:
+    if test is None:
         return None
-    return {"test": test, "multiplier": multiplier(law, points, test, seed=seed), "points": len(points)}
+    return {"test": test, "verdict": verdict_of(test), "points": len(points),
+            "multiplier": multiplier(law, points, test, seed=seed) if law is not None else None}
 
 
 def reference_law(rows: Sequence[Row], recipe: str, size: str, laws: dict, bootstrap: int):

@@ -19,7 +19,7 @@ import numpy as np
 from scarce.atomic import write_bytes_atomic
 from scarce.report import plt, save_figure
 from scarce.runs_jsonl import RUNS_JSONL_FILE
-from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, format_multiplier
+from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, format_multiplier, verdict_of
 from scarce.studies.study.interventions import STANDARD_WEIGHT_DECAY
 
 FIGURES_DIR = "figures"
@@ -303,9 +303,15 @@ def recommendation(results: dict) -> list[tuple]:
                 f"{EXTRAPOLATION_WARNING:g}×); the law's form, not these runs, decides it there.", True))
     calibration = results.get("calibration")
     if calibration:
+        k = (f"k = {format_multiplier(calibration['multiplier'])}" if calibration["multiplier"]
+             else "no k (no law in U could be fitted)")
         blocks.append(("p", f"Calibration: a placebo (at each tuned setting one seed treated as an intervention, the "
-                            f"others as its reference) gets k = {format_multiplier(calibration['multiplier'])}, "
-                            f"t = {calibration['test']['t']:+.2f}; a correct estimator gives 1×."))
+                            f"others as its reference) gets {k}, Δ {calibration['test']['difference']:+.4f}, "
+                            f"t = {calibration['test']['t']:+.2f}: {verdict_of(calibration['test'])}; a correct estimator "
+                            f"gives 1× and not distinguishable."))
+    else:
+        blocks.append(("p", "Calibration: none (fewer than two finished seeds of a tuned setting, so no placebo "
+                            "and no noise estimate: no effect below can be judged)."))
     if best is None:
         problems = results["extrapolation"]["problems"]
         if "recommendation" in problems:

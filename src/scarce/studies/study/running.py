@@ -160,7 +160,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         # Interventions run at a seed no reference run used: the grid's run at the tuned setting won a selection
         # (its noise is biased low), and a shared seed would carry that luck into the intervention.
         fresh = {d: member_config(c, design.members) if c is not None else None for d, c in tuned.items()}
-        # Seeds of the tuned setting at every budget: the ensembles, and the seed-to-seed spread every verdict needs.
+        # Seeds of the tuned setting at every budget: the ensembles, and the reference every verdict needs.
         wants_members = set(design.budgets)
         for intervention in active:
             if intervention.measure != "single":
