@@ -184,7 +184,7 @@ def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
     effects = {e["name"]: e for e in results["effects"]}
     assert effects["ensemble"]["status"] == "measured" and len(effects["ensemble"]["runs"]) == 2
     assert effects["distill"]["status"] == "measured" and effects["mir"]["cost"] == pytest.approx(2, rel=0.05)
-    assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/1"
+    assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/2"
 
 
 def _run_ids(out):
