@@ -15,6 +15,7 @@ from scarce.studies.study.estimates import (
     format_multiplier,
     law_points,
     measure_effects,
+    multiplier,
     paired_test,
     pooled_sd,
     reference_law,
@@ -107,6 +108,12 @@ def test_the_calibration_is_the_placebo_from_the_studys_own_seeds():
     found = calibration(study, law)
     assert found["points"] == len(BUDGETS) and found["test"]["df"] == len(BUDGETS) * (MEMBERS - 1)
     assert _covers(found["multiplier"], 1.0)
+    # the placebo: an "intervention" whose losses are exactly its reference's (the joint fit gave 1.42)
+    mir, law = estimate(study)
+    for p in mir.points:
+        p["losses"] = list(p["reference_losses"])
+    test = paired_test(mir.points, *pooled_sd([e["member_losses"] for e in study.ensembles]))
+    assert test["difference"] == 0 and multiplier(law, mir.points, test)["value"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_one_test_for_gains_and_losses_has_a_false_positive_rate_of_at_most_5_percent():
