@@ -195,3 +195,18 @@ def test_a_teacher_with_another_vocabulary_is_an_error(tmp_path, teachers):
     with pytest.raises(ScarceError, match="data.vocab_size 384 vs 512"):
         train(token, progress=False)
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_the_synthetic_pool_is_sized_for_at_most_three_passes():
+    """w·E·U/((1 − w)·pool) passes: the default pool makes it 3 (the study's too); the old default pool of U
+    tokens meant 9·E passes at w = 0.9."""
+    from scarce.studies.distill import MAX_PASSES, pool_tokens, synthetic_passes
+    from scarce.studies.study.design import synthetic_tokens
+    from scarce.studies.study.interventions import DISTILL_WEIGHT
+
+    for unique, epochs, weight in [(20_000, 16, 0.9), (80_000, 4, 0.75), (1_000, 1, 0.5)]:
+        pool = pool_tokens(unique, epochs, weight)
+        assert synthetic_passes(pool, unique, epochs, weight) <= MAX_PASSES
+        assert synthetic_passes(pool - 1, unique, epochs, weight) > MAX_PASSES * 0.999
+    assert synthetic_passes(20_000, 20_000, 16, 0.9) == pytest.approx(9 * 16)
+    assert synthetic_passes(synthetic_tokens(18_432, 16), 18_432, 16, DISTILL_WEIGHT) <= MAX_PASSES

@@ -2,7 +2,6 @@
 re-running it trains nothing, the honesty guard, the recommendation's compute and data, and bad input."""
 
 import json
-import math
 import shutil
 
 import pytest
@@ -54,6 +53,45 @@ def test_more_time_buys_a_richer_design_and_budgets_stay_within_u(tmp_path):
     assert max(capped.budgets) <= 20_000
 
 
+def test_the_design_can_identify_n_or_names_the_budget_that_would(tmp_path):
+    """Every size at the largest budget and at two budgets at least; a budget too small for three sizes names
+    the --budget-hours at which the same machine's throughput gives a design that has them."""
+    from scarce.studies.study.design import IDENTIFIES_N, grid_cells
+
+    base = S.base_config("kjv", tmp_path, [])
+    rich = S.design_study(_inputs(4.0), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    cells = grid_cells(rich.sizes, rich.budgets, rich.full_sizes)
+    assert len(rich.sizes) == 3 and rich.level in IDENTIFIES_N and rich.hours_to_identify_n is None
+    for size in rich.sizes:
+        mine = [d for s_, d in cells if s_ == size]
+        assert max(rich.budgets) in mine and len(mine) >= 2
+    poor = S.design_study(_inputs(0.05), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    assert poor.level not in IDENTIFIES_N and poor.hours_to_identify_n > 0.05
+    enough = S.design_study(_inputs(poor.hours_to_identify_n), base, SECONDS_PER_TOKEN, 2, list(S.INTERVENTIONS))
+    assert enough.level in IDENTIFIES_N
+    assert rich.hours_for_4x_budget > 4.0 * 0.9
+
+
+def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions(tmp_path):
+    """Runs 3× slower than calibrated (another process on the cores): the fewest lowest-priority
+    interventions are dropped so the rest fits the time left, distillation first; on time, none."""
+    from scarce.studies.study.design import level_of, planned_runs, predict_seconds, slowdown, to_drop
+    from scarce.studies.study.running import Row
+
+    base = S.base_config("kjv", tmp_path, [])
+    active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
+    design = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active)
+    rest = predict_seconds(planned_runs(level_of(design), design.budgets, active, base)[1:], SECONDS_PER_TOKEN, 2)
+    assert to_drop(design, active, base, 1, 1.0, rest * 1.01) == []
+    dropped = to_drop(design, active, base, 1, 3.0, rest * 1.5)
+    assert dropped and dropped[0] == "distill"
+    kept = [i for i in active if i.name not in dropped]
+    assert predict_seconds(planned_runs(level_of(design), design.budgets, kept, base)[1:], SECONDS_PER_TOKEN, 2) * 3 \
+        <= rest * 1.5
+    ran = [Row("r", "grid", "micro", 1, 1024, 1024, 4.0, 0.1, 0, 5.0, 1.0, 3 * (6 + 4096 / 5000), "completed")]
+    assert slowdown(ran, design) == pytest.approx(3.0)
+
+
 def test_budget_too_small_for_one_run_and_corpus_too_small_are_errors(tmp_path):
     base = S.base_config("kjv", tmp_path, [])
     with pytest.raises(ScarceError, match="--budget-hours 1e-05 is too small for even one run"):
@@ -73,24 +111,28 @@ def test_interventions_are_data_and_guarded():
     assert "domain corpus" in specialize.requires(S.base_config("kjv", "/tmp/unused", []))
 
 
-def _effect(delta, spread, interval):
-    k = None if interval is None else {"value": math.sqrt(interval[0] * interval[1]), "interval": interval}
-    return S.Effect("mir", "MIR", "tuned", "measured", delta_data=delta, spread=spread, multiplier=k)
+def _effect(difference, se, df=6):
+    test = {"difference": difference, "se": se, "t": difference / se, "df": df, "critical": 2.447, "sd": se,
+            "level": 0.95, "interval": [difference - 2.447 * se, difference + 2.447 * se]}
+    return S.Effect("mir", "MIR", "tuned", "measured", delta_data=difference, test=test)
 
 
-@pytest.mark.parametrize("delta,spread,interval,verdict", [
-    (-0.004, 0.01, [1.2, 1.5], S.NOT_DISTINGUISHABLE),  # within the seed spread, however good k looks
-    (-0.05, 0.01, [0.9, 1.5], S.NOT_DISTINGUISHABLE),  # interval includes 1×
-    (-0.05, None, [1.2, 1.5], S.NOT_DISTINGUISHABLE),  # spread unknown
-    (-0.05, 0.01, [1.2, 1.5], "gain"),
-    (0.05, 0.01, [0.5, 0.8], "loss"),
-    (0.5, 0.01, [0.3, 1.4], "loss"),  # a harm beyond the spread is a loss even when k's interval includes 1×
-    (0.005, 0.01, [0.5, 0.8], S.NOT_DISTINGUISHABLE),  # a harm within the spread is not
+@pytest.mark.parametrize("difference,se,verdict", [
+    (-0.004, 0.01, S.NOT_DISTINGUISHABLE),
+    (-0.03, 0.01, "gain"),
+    (0.03, 0.01, "loss"),  # the same threshold both ways: one test for gains and losses
+    (0.02, 0.01, S.NOT_DISTINGUISHABLE),  # |t| = 2 < 2.447: a harm the noise can make is not a loss
 ])
-def test_honesty_guard(delta, spread, interval, verdict):
-    effect = _effect(delta, spread, interval)
+def test_one_test_decides_gains_and_losses(difference, se, verdict):
+    effect = _effect(difference, se)
     S.judge(effect)
     assert effect.verdict == verdict, effect.verdict_reason
+
+
+def test_no_reference_seeds_is_not_distinguishable():
+    effect = S.Effect("mir", "MIR", "tuned", "measured", delta_data=-0.5)
+    S.judge(effect)
+    assert effect.verdict == S.NOT_DISTINGUISHABLE and "noise is unknown" in effect.verdict_reason
 
 
 def test_recommendation_spends_c_flops_and_at_most_u_unique_tokens():
@@ -127,8 +169,11 @@ def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
         loss = runs.read_summary(run_dir)["final_val_loss"]
         row = next(r for r in results["rows"] if r["run_id"] == run_dir.name)
         assert row["loss"] == loss and f"{loss:.4f}" in md  # the report's numbers are the runs' numbers
-    first = md.splitlines()[2]
-    assert first.startswith("**No recommendation") or first.startswith("**Recommendation")
+    first = md.split("\n\n")[1]  # the first paragraph: the answer, at most 200 characters
+    assert first.startswith(("**No ", "**Train ")) and len(first) <= 200 + 4
+    assert "Calibration: a placebo" in md and "Published" in md and "C = 6·N·D" in md
+    prose = [line for line in md.splitlines() if not line.startswith(("|", "![", "#"))]
+    assert max(map(len, prose)) <= 100
     # the committable record: every run once, with the numbers of its directory and no machine path
     rows = read_runs_jsonl(out / "runs.jsonl")
     assert sorted(r["run_id"] for r in rows) == sorted(d.name for d in run_dirs)
@@ -139,7 +184,7 @@ def test_tiny_study_writes_a_report_naming_its_runs(tiny_study):
     effects = {e["name"]: e for e in results["effects"]}
     assert effects["ensemble"]["status"] == "measured" and len(effects["ensemble"]["runs"]) == 2
     assert effects["distill"]["status"] == "measured" and effects["mir"]["cost"] == pytest.approx(2, rel=0.05)
-    assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/1"
+    assert json.loads((out / S.RESULTS_FILE).read_text())["schema"] == "scarce.study/2"
 
 
 def _run_ids(out):
@@ -196,10 +241,11 @@ def test_the_recommendation_says_why_a_distinguishable_gain_lost_to_the_standard
     best = {"recipe": "standard", "params": estimate, "epochs": estimate, "tokens": estimate, "loss": estimate,
             "asymptote": estimate, "data_efficiency": None, "weight_decay": 0.1, "nearest_size": "micro",
             "params_factor": 1.0}
-    results = {"inputs": {"unique_tokens": 1000, "corpus": "kjv", "flops": 1e15}, "extrapolation": {"best": best},
-               "effects": [{"name": "ensemble", "verdict": "gain"}], "scale": None, "failed": []}
+    results = {"inputs": {"unique_tokens": 1000, "corpus": "kjv", "flops": 1e15}, "design": {"hours": 1.0},
+               "extrapolation": {"best": best, "problems": {}}, "scale": None, "failed": [],
+               "effects": [{"name": "ensemble", "verdict": "gain", "multiplier": None}]}
     text = " ".join(block[1] for block in recommendation(results))
     assert "no intervention was a distinguishable gain" not in text
     assert "the distinguishable gains (ensemble) are predicted through the tuned recipe's law" in text
-    results["effects"] = [{"name": "mir", "verdict": S.NOT_DISTINGUISHABLE}]
+    results["effects"] = [{"name": "mir", "verdict": S.NOT_DISTINGUISHABLE, "multiplier": None}]
     assert "no intervention was a distinguishable gain" in " ".join(block[1] for block in recommendation(results))

@@ -122,7 +122,8 @@ def distill(
         help="sequence: synthetic fraction w (default 0.9, self 0.75); token: KL weight (0.5)")] = None,
     synthetic: Annotated[Optional[Path], typer.Option(help="Reuse this synthetic token file instead of sampling")] = None,
     synthetic_tokens: Annotated[Optional[int], typer.Option(
-        help="Tokens the teachers sample (default: the student's unique tokens D)")] = None,
+        help="Tokens the teachers sample (default: w·E·D / ((1 − w)·3), so the student passes over them at most "
+             "3 times; a warning above 4)")] = None,
     sample_batch_size: int = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     single_loss: Annotated[Optional[float], typer.Option(help="L_single for the retained fraction (default: the teachers' mean)")] = None,

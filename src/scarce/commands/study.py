@@ -50,13 +50,15 @@ def study(
     with resumable():
         results = run(corpus, flops, out, _whole("--unique-tokens", unique_tokens), budget_hours, chosen, workers,
                       threads, list(overrides or []), intervention, bootstrap, console=console, live=live)
+    from scarce.studies.study.estimates import format_multiplier
+    from scarce.studies.study.report import headline
+
     table = Table("intervention", "verdict", "Δ loss, same setting", "multiplier k [95%]", header_style="bold")
     for e in results["effects"]:
-        k = e["multiplier"]
-        interval = f" [{k['interval'][0]:.3g}, {k['interval'][1]:.3g}]" if k and k["interval"] and None not in k["interval"] else ""
         table.add_row(e["name"], e["verdict"], "–" if e["delta_data"] is None else f"{e['delta_data']:+.4f}",
-                      f"{k['value']:.3g}{interval}" if k and k["value"] is not None else "–")
+                      format_multiplier(e["multiplier"]))
     console.print(table)
+    console.print(headline(results))
     best = results["extrapolation"].get("best")
     console.print(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
     if best is None:

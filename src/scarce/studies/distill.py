@@ -12,6 +12,7 @@ matches the ensemble, 0 when it is no better than one member.
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -34,6 +35,21 @@ def default_weight(mode: str, n_teachers: int) -> float:
     if mode == "token":
         return 0.5
     return 0.9 if n_teachers > 1 else 0.75
+
+
+MAX_PASSES = 3.0  # passes over the synthetic pool the pool is sized for (Kim et al. repeat synthetic data ≤ ~3×)
+WARN_PASSES = 4.0  # above this the student memorizes the pool: a warning
+
+
+def synthetic_passes(pool_tokens: int, unique_tokens: int, epochs: float, weight: float) -> float:
+    """Passes the student makes over a synthetic pool: it trains E·U/(1 − w) tokens (E passes over the real
+    data, which are a fraction 1 − w of its batches), w of them synthetic: w·E·U / ((1 − w)·pool)."""
+    return weight * epochs * unique_tokens / ((1 - weight) * max(1, pool_tokens))
+
+
+def pool_tokens(unique_tokens: int, epochs: float, weight: float, passes: float = MAX_PASSES) -> int:
+    """The synthetic pool for at most `passes` passes: w·E·U / ((1 − w)·passes) tokens."""
+    return max(1, math.ceil(weight * epochs * unique_tokens / ((1 - weight) * passes)))
 
 
 def _teacher_key(run_dir: Path) -> dict:
@@ -136,7 +152,9 @@ def student_config(
 
     Checks the teachers against `base`; in sequence mode samples the synthetic tokens first (unless
     `synthetic` names a file, or w = 0), reusing a file the same teachers, token count and seed wrote.
-    `weight` defaults to default_weight(mode, len(teachers)); `synthetic_tokens` to the student's D.
+    `weight` defaults to default_weight(mode, len(teachers)); `synthetic_tokens` to the pool the student
+    passes over at most MAX_PASSES times (`pool_tokens`); a pool it passes over more than WARN_PASSES times
+    is warned about (the student memorizes it: its synthetic-batch loss falls far below the teachers').
     """
     teachers = [Path(t) for t in teachers]
     if mode not in MODES:
@@ -147,7 +165,14 @@ def student_config(
         raise ScarceError(f"--weight {weight}: the synthetic fraction w must be in [0, 1)")
     if mode == "sequence" and synthetic is None and weight > 0:
         store = prepare_store(base.data.corpus, **base.data.store_options())
-        n_tokens = synthetic_tokens or base.data.unique_tokens or store.train_token_count
+        unique = base.data.unique_tokens or store.train_token_count
+        n_tokens = synthetic_tokens or pool_tokens(unique, base.train.epochs, weight)
+        passes = synthetic_passes(n_tokens, unique, base.train.epochs, weight)
+        if passes > WARN_PASSES:
+            (console or Console(stderr=True)).print(
+                f"[yellow]warning:[/yellow] the student will pass over the {n_tokens:,} synthetic tokens {passes:.1f} "
+                f"times (more than {WARN_PASSES:g}) and memorize them; give --synthetic-tokens "
+                f"{pool_tokens(unique, base.train.epochs, weight):,} or more for {MAX_PASSES:g} passes")
         synthetic = sample_synthetic(teachers, n_tokens, Path(base.runs_dir) / SYNTHETIC_DIR, seed, sample_batch_size, progress, console)
     return distill_config(base, mode, teachers, weight, synthetic)
 

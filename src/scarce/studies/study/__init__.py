@@ -9,7 +9,7 @@ data?" The study answers with its own small runs, in four steps:
 2. **Runs** (`running.py`): all of them as one resumable study in `DIR/runs` through an executor; the
    design is kept in `DIR/design.json`, so re-running the command continues and never repeats a run.
 3. **Estimates** (`estimates.py`): each intervention's loss change at matched compute, its effective-data
-   multiplier with a bootstrap interval, and an honesty verdict against the seed-to-seed spread.
+   multiplier read off the reference law at its own points, and one paired t-test for gains and losses.
 4. **Fits and extrapolation** (`extrapolation.py`): data-constrained laws fitted to the runs, the form
    picked by held-out error, then the best (N, epochs, recipe) at the user's U and C, its loss, the
    asymptote as compute → ∞, and the data efficiency of the best recipe against the standard one.
@@ -45,8 +45,25 @@ from scarce.studies.study.design import (
     step_tokens,
     write_design,
 )
-from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, Effect, estimate_multiplier, judge, measure_effects
-from scarce.studies.study.extrapolation import asymptote_at, compare_forms, extrapolate, law_candidates, measured_scale, predict_recipe
+from scarce.studies.study.estimates import (
+    NOT_DISTINGUISHABLE,
+    Effect,
+    calibration,
+    estimate_multiplier,
+    judge,
+    measure_effects,
+    pooled_sd,
+    reference_law,
+    seed_groups,
+)
+from scarce.studies.study.extrapolation import (
+    asymptote_at,
+    compare_forms,
+    extrapolate,
+    fit_laws,
+    measured_scale,
+    predict_recipe,
+)
 from scarce.studies.study.interventions import INTERVENTIONS, STANDARD_WEIGHT_DECAY, Intervention, select_interventions
 from scarce.studies.study.running import StudyRuns, run_study
 
@@ -55,23 +72,25 @@ RESULTS_FILE = "results.json"
 __all__ = [  # the whole study, and the pieces a notebook or a test reaches for
     "run", "conclude", "RESULTS_FILE", "INTERVENTIONS", "Intervention", "select_interventions", "STANDARD_WEIGHT_DECAY",
     "Inputs", "Design", "base_config", "design_study", "step_tokens", "ANALYSIS_FRACTION", "Effect", "judge",
-    "NOT_DISTINGUISHABLE", "asymptote_at", "predict_recipe",
+    "NOT_DISTINGUISHABLE", "asymptote_at", "predict_recipe", "rejudge",
 ]
 
 
 def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervention], inputs: Inputs,
              base: RunConfig, bootstrap: int) -> dict:
     """Effects (with multipliers and verdicts), laws and the recommendation, as one JSON-ready dict."""
-    effects, spread = measure_effects(study, design, interventions)
+    effects = measure_effects(study, design, interventions)
     comparison = compare_forms(study.rows)
-    template = law_candidates()[comparison["chosen"]] if comparison["chosen"] else None
+    laws, problems = fit_laws(study.rows, comparison, bootstrap)
     for effect in effects:
         if effect.status == "measured":
-            estimate_multiplier(effect, study.rows, template, bootstrap)
-        judge(effect)
-    extrapolation = extrapolate(study.rows, effects, inputs, base, bootstrap, comparison)
+            estimate_multiplier(effect, *reference_law(study.rows, effect.reference, design.sizes[0], laws, bootstrap))
+    tuned_law = reference_law(study.rows, "tuned", design.sizes[0], laws, bootstrap)[0]
+    extrapolation = extrapolate(study.rows, effects, inputs, base, comparison, laws, problems)
+    sd, df = pooled_sd(seed_groups(study.ensembles))
     return {
-        "schema": "scarce.study/1", "inputs": inputs.key(), "design": asdict(design), "spread": spread,
+        "schema": "scarce.study/2", "inputs": inputs.key(), "design": asdict(design),
+        "noise": {"sd": sd, "df": df}, "calibration": calibration(study, tuned_law),
         "effects": [asdict(e) for e in effects], "extrapolation": extrapolation,
         "scale": measured_scale(study.rows, inputs),
         "ensembles": study.ensembles, "rows": [asdict(r) for r in study.rows], "failed": study.failed,
@@ -114,5 +133,37 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
     write_json_atomic(out / RESULTS_FILE, results)
     # the study's runs as one committable file: each run's config difference, summary and evaluation curve
     write_runs_jsonl(runs.run_dirs(base.runs_dir), base.model_dump(mode="json"), out / RUNS_JSONL_FILE)
+    write_report(results, out)
+    return results
+
+
+def rejudge(out: Path, bootstrap: int | None = None) -> dict:
+    """Conclude a finished study again from its committed record (results.json and runs.jsonl), without its
+    run directories: the estimates, laws, report and figures with this version's code; nothing is retrained.
+    The runs' FLOPs are re-read from runs.jsonl in the study's convention (running.flops_6nd)."""
+    import json
+
+    from scarce.runs_jsonl import RUNS_JSONL_FILE
+    from scarce.studies.study.report import write_report
+    from scarce.studies.study.running import Row, flops_6nd
+
+    out = Path(out)
+    old = json.loads((out / RESULTS_FILE).read_text())
+    lines = [json.loads(line) for line in (out / RUNS_JSONL_FILE).read_text().splitlines() if line.strip()]
+    summaries = {r["run_id"]: r["summary"] for r in lines if "run_id" in r}
+    fields = Row.__dataclass_fields__
+    rows = [Row(**{**{k: v for k, v in r.items() if k in fields},
+                   "flops": flops_6nd(summaries[r["run_id"]]) if r["run_id"] in summaries else r["flops"]})
+            for r in old["rows"]]
+    inputs = Inputs(**old["inputs"])
+    design = Design.from_dict(old["design"])
+    design.full_sizes = old["design"].get("full_sizes", 2)
+    skipped = {e["name"]: e["reason"] for e in old["effects"] if e["status"] == "skipped"}
+    study = StudyRuns(rows, {}, old["ensembles"], skipped, 0.0, old["failed"])
+    base = base_config(inputs.corpus, out, inputs.overrides)
+    results = conclude(study, design, select_interventions(inputs.interventions), inputs, base,
+                       old.get("bootstrap", 100) if bootstrap is None else bootstrap)
+    results["wall_seconds"] = old.get("wall_seconds", {})
+    write_json_atomic(out / RESULTS_FILE, results)
     write_report(results, out)
     return results

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -38,10 +38,10 @@ RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, fin
 # the one-hour studies of docs/studies spent 2.0 and 3.6 minutes there.
 ANALYSIS_FRACTION = 0.1
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
-SYNTHETIC_FRACTION = 0.5  # teachers sample half the budget's tokens (whole documents: about the budget in the end)
 # Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
 # KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
 SAMPLING_SLOWDOWN = 20.0
+DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
 
 @dataclass
 class Inputs:
@@ -118,24 +118,27 @@ class Level:
     budgets: int  # nested unique-token budgets: the largest D and D/2, D/4, ...
     epochs: tuple[int, ...]
     weight_decays: tuple[float, ...]  # always includes the standard 0.1
-    members: int  # ensemble members = seeds at the tuned setting (the seed-to-seed spread)
+    members: int  # seeds of the tuned setting: the grid's run + members − 1 fresh seeds (the reference's noise)
     min_steps: int  # the largest budget must be at least this many optimizer steps of tokens
-    full_sizes: int = 2  # sizes after the first `full_sizes` run at the smallest budget only (for their cost)
+    full_sizes: int = 2  # sizes after the first `full_sizes` run at the two largest budgets only (for their cost)
 
 
-# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters); the third,
-# costliest size runs at the smallest budget only, which is enough for that.
+# Three sizes are the fewest that determine a law's N term (E + A/N^α has three parameters). Every size runs
+# at the largest budget, where larger models can win, and at two budgets at least; the costliest size only at
+# the two largest. Four seeds of each tuned setting: three fresh ones are the reference effects are judged on.
 LEVELS = (
-    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 3, 64),
-    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 2, 8),
-    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 2, 4),
-    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 2, 2),
+    Level("three sizes", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 0.8, 3.2), 4, 64),
+    Level("three sizes, two weight decays", ("micro", "tiny", "small"), 3, (1, 4, 16), (0.1, 1.6), 4, 8),
+    Level("one size", ("micro",), 2, (1, 4), (0.1, 1.6), 4, 4),
+    Level("one size, one budget", ("micro",), 1, (1, 4), (0.1, 1.6), 4, 2),
 )
+IDENTIFIES_N = ("three sizes", "three sizes, two weight decays")  # the levels whose sizes can pin the N term
 
 
 def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) -> list[tuple[str, int]]:
-    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the smallest."""
-    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[:1])]
+    """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the two
+    largest (so every size has the largest budget and two budgets to separate N from U)."""
+    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[-2:])]
 
 
 @dataclass
@@ -150,7 +153,12 @@ class Design:
     seconds_per_token: dict[str, float]  # calibrated training seconds per token, per size
     predicted_seconds: float
     hours: float
-    full_sizes: int = 2  # sizes after these run at the smallest budget only
+    full_sizes: int = 2  # sizes after these run at the two largest budgets only
+    # --budget-hours that would give a design able to identify the N term on this machine (its calibrated
+    # throughput): the first N-identifying level at its smallest budget; and the next level up, 4× budgets
+    hours_to_identify_n: float | None = None
+    hours_for_4x_budget: float | None = None
+    dropped: list[str] = field(default_factory=list)  # interventions the budget could not afford (DROP_ORDER)
 
     @classmethod
     def from_dict(cls, d: dict) -> Design:
@@ -223,18 +231,21 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
             for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in i.where(budgets)]
-    ensembles = list(budgets)  # seeds of every tuned setting: the spread every verdict is judged against
+    ensembles = list(budgets)  # seeds of every tuned setting: the reference every verdict is judged against
     after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
-    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d)) for d in distilled]
+    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d, most)) for d in distilled]
     students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
     return [grid, after, scoring, sampling, students]
 
 
-def synthetic_tokens(budget: int) -> int:
-    """Tokens the teachers sample for a student at this budget (whole documents overshoot it)."""
-    return max(1, int(budget * SYNTHETIC_FRACTION))
+def synthetic_tokens(budget: int, epochs: float) -> int:
+    """Tokens the teachers sample for a student at this budget and epochs: a pool it passes over at most
+    3 times (scarce.studies.distill.pool_tokens; whole documents overshoot it a little)."""
+    from scarce.studies.distill import pool_tokens
+
+    return pool_tokens(budget, epochs, DISTILL_WEIGHT)
 
 
 def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_token: dict[str, float],
@@ -256,28 +267,37 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     is at least its `min_steps`; budgets never exceed U."""
     step = step_tokens(base)
     seconds = inputs.hours * 3600 * (1 - ANALYSIS_FRACTION)
-    active = [i for i in interventions if i.requires(base) is None]
+    everything = [i for i in interventions if i.requires(base) is None]
+    names = [i.name for i in everything]
+    # Within a level, the lowest-priority interventions are dropped before a poorer level is taken: the
+    # sizes that identify N are worth more than distillation's sampling.
+    drops = [[n for n in DROP_ORDER[:k] if n in names] for k in range(len(DROP_ORDER) + 1)]
     for level in LEVELS:
         if not all(size in seconds_per_token for size in level.sizes):
             continue
+        for dropped in drops:
+            active = [i for i in everything if i.name not in dropped]
 
-        def fits(steps: int) -> bool:
-            budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (fits is called in this iteration)
-            return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
+            def fits(steps: int) -> bool:
+                budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (called in this iteration)
+                return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
 
-        cap = inputs.unique_tokens // step
-        lo, hi = 0, 1
-        while hi <= cap and fits(hi):
-            lo, hi = hi, hi * 2
-        hi = min(hi, cap + 1)
-        while hi - lo > 1:  # largest steps in [lo, hi) that fits
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        if lo >= level.min_steps:
-            budgets = nested_budgets(lo * step, level.budgets, step)
-            predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
-            return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
-                          level.members, workers, dict(seconds_per_token), predicted, inputs.hours, level.full_sizes)
+            cap = inputs.unique_tokens // step
+            lo, hi = 0, 1
+            while hi <= cap and fits(hi):
+                lo, hi = hi, hi * 2
+            hi = min(hi, cap + 1)
+            while hi - lo > 1:  # largest steps in [lo, hi) that fits
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            if lo >= level.min_steps:
+                budgets = nested_budgets(lo * step, level.budgets, step)
+                predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
+                return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
+                              level.members, workers, dict(seconds_per_token), predicted, inputs.hours,
+                              level.full_sizes, *_hours_to_identify(level, lo, step, everything, base,
+                                                                    seconds_per_token, workers), dropped)
+    active = [i for i in everything if i.name not in DROP_ORDER]
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
     if inputs.unique_tokens < smallest.min_steps * step:
@@ -292,7 +312,62 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                           f"{one_run:.0f} s each); give at least --budget-hours {math.ceil(one_run * 20 / 3600 * 100) / 100:g}")
     predicted = predict_seconds(stages, seconds_per_token, workers)
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
-                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes)
+                  smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes,
+                  *_hours_to_identify(smallest, smallest.min_steps, step, everything, base, seconds_per_token, workers),
+                  [n for n in DROP_ORDER if n in names])
+
+
+def _hours_to_identify(level: Level, steps: int, step: int, interventions: Sequence[Intervention], base: RunConfig,
+                       seconds_per_token: dict[str, float], workers: int) -> tuple[float | None, float | None]:
+    """The --budget-hours at which this machine's calibrated throughput runs (a) the first level that can
+    identify the N term, at its smallest budget (when `level` cannot), and (b) an N-identifying level with
+    4× the largest budget (for when the sizes ran but did not separate N from U at these budgets)."""
+
+    def hours(lv: Level, largest_steps: int) -> float | None:
+        if not all(size in seconds_per_token for size in lv.sizes):
+            return None
+        budgets = nested_budgets(largest_steps * step, lv.budgets, step)
+        seconds = predict_seconds(planned_runs(lv, budgets, interventions, base), seconds_per_token, workers)
+        return math.ceil(seconds / (1 - ANALYSIS_FRACTION) / 3600 * 100) / 100
+
+    identifying = next(lv for lv in LEVELS if lv.name in IDENTIFIES_N[-1:])
+    to_identify = None if level.name in IDENTIFIES_N else hours(identifying, identifying.min_steps)
+    bigger = level if level.name in IDENTIFIES_N else identifying
+    return to_identify, hours(bigger, max(4 * steps, 4 * bigger.min_steps))
+
+
+# ---------------------------------------------------------------- keeping the budget while running
+
+def level_of(design: Design) -> Level:
+    return Level(design.level, tuple(design.sizes), len(design.budgets), tuple(design.epochs),
+                 tuple(design.weight_decays), design.members, 0, design.full_sizes)
+
+
+def slowdown(rows: Sequence, design: Design) -> float:
+    """Measured over predicted seconds of finished runs (their own wall time, so reused runs count as they
+    ran): how much slower this machine is now than when it was calibrated."""
+    predicted = sum(RUN_OVERHEAD_SECONDS + r.unique_tokens * r.epochs * design.seconds_per_token.get(r.size, 0.0)
+                    for r in rows if r.wall_seconds)
+    measured = sum(r.wall_seconds for r in rows if r.wall_seconds)
+    return measured / predicted if predicted > 0 else 1.0
+
+
+def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConfig, from_stage: int,
+            factor: float, seconds_left: float) -> list[str]:
+    """The lowest-priority interventions (DROP_ORDER) to drop so that the stages from `from_stage` on,
+    predicted at `factor` × the calibrated time, fit `seconds_left`; the fewest that do (all of DROP_ORDER
+    when even that does not)."""
+    level, dropped = level_of(design), []
+    for name in (None, *DROP_ORDER):
+        if name is not None:
+            if name not in {i.name for i in interventions}:
+                continue
+            dropped.append(name)
+        keep = [i for i in interventions if i.name not in dropped]
+        stages = planned_runs(level, design.budgets, keep, base)[from_stage:]
+        if predict_seconds(stages, design.seconds_per_token, design.workers) * factor <= seconds_left:
+            break
+    return dropped
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,

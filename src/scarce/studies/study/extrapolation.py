@@ -133,25 +133,31 @@ def nearest_size(params: float, vocab_size: int, seq_len: int) -> str:
     return min(counts, key=lambda s: abs(math.log(counts[s] / params)))
 
 
+def fit_laws(rows: Sequence[Row], comparison: dict, bootstrap: int) -> tuple[dict, dict]:
+    """The chosen form fitted to the standard and the tuned recipe (with bootstrap fits), and why a recipe
+    could not be fitted."""
+    laws, problems = {}, dict(comparison["problems"])
+    if comparison["chosen"] is None:
+        problems.setdefault("laws", "no recipe had enough runs to fit a data-constrained law")
+        return laws, problems
+    template = law_candidates()[comparison["chosen"]]
+    for recipe in ("standard", "tuned"):
+        try:
+            laws[recipe] = fit_recipe(rows, recipe, template, bootstrap)
+        except ScarceError as err:
+            problems[recipe] = str(err)
+    return laws, problems
+
+
 def extrapolate(rows: Sequence[Row], effects: Sequence[Effect], inputs: Inputs, base: RunConfig,
-                bootstrap: int, comparison: dict) -> dict:
+                comparison: dict, laws: dict, problems: dict) -> dict:
     """The laws, and each recipe's predicted best (N, epochs) and loss at the user's U and C.
 
     Recipes: the standard one and the tuned one, each with its own law; every other measured intervention
     is the tuned law with U scaled by its multiplier k and its compute divided by its cost."""
-    out: dict[str, Any] = {"comparison": comparison, "laws": {}, "recipes": [], "problems": dict(comparison["problems"]),
+    out: dict[str, Any] = {"comparison": comparison, "laws": {}, "recipes": [], "problems": dict(problems),
                            "best": None}
-    if comparison["chosen"] is None:
-        out["problems"].setdefault("laws", "no recipe had enough runs to fit a data-constrained law")
-        return out
-    template = law_candidates()[comparison["chosen"]]
-    laws = {}
-    for recipe in ("standard", "tuned"):
-        try:
-            laws[recipe] = law = fit_recipe(rows, recipe, template, bootstrap)
-        except ScarceError as err:
-            out["problems"][recipe] = str(err)
-            continue
+    for recipe, law in laws.items():
         intervals = getattr(law, "intervals_", None) or {}
         out["laws"][recipe] = {
             "form": comparison["chosen"], "formula": law.formula, "runs": law_points(rows, recipe)[2],
@@ -161,13 +167,15 @@ def extrapolate(rows: Sequence[Row], effects: Sequence[Effect], inputs: Inputs, 
             "unidentified": list(law.unidentified_ or []), "rmse_log": law.report_.rmse_log,
             "n_points": law.report_.n_points,
         }
+    if not laws:
+        return out
     by_name = {e.name: e for e in effects}
     plans = [("standard", "standard", 1.0, [], 1.0, True)]
     tuned = by_name.get("tuned")
     plans.append(("tuned", "tuned", 1.0, [], 1.0, tuned is not None and tuned.verdict == "gain"))
     for e in effects:
-        if e.status == "measured" and e.name != "tuned" and e.multiplier and e.multiplier["value"] is not None:
-            plans.append((e.name, "tuned", e.multiplier["value"], e.multiplier["samples"], e.cost or 1.0,
+        if e.status == "measured" and e.name != "tuned" and e.multiplier:
+            plans.append((e.name, "tuned", e.multiplier["capped"], e.multiplier["samples"], e.cost or 1.0,
                           e.verdict == "gain"))
     for name, recipe, k, k_samples, cost, eligible in plans:
         if recipe in laws:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from scarce.atomic import write_bytes_atomic
 from scarce.report import plt, save_figure
 from scarce.runs_jsonl import RUNS_JSONL_FILE
-from scarce.studies.study.estimates import NOT_DISTINGUISHABLE
+from scarce.studies.study.estimates import NOT_DISTINGUISHABLE, format_multiplier, verdict_of
 from scarce.studies.study.interventions import STANDARD_WEIGHT_DECAY
 
 FIGURES_DIR = "figures"
@@ -60,15 +61,23 @@ def _runs(ids: Sequence[str], limit: int = 6) -> str:
 # ---------------------------------------------------------------- blocks → markdown / html
 
 
+PROSE_COLUMNS = 100  # report.md's prose lines (tables are as wide as their cells)
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, PROSE_COLUMNS, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
+
+
 def _md(blocks: list[tuple]) -> str:
     out = []
     for kind, *rest in blocks:
         if kind == "h":
             out.append("#" * rest[0] + " " + rest[1])
         elif kind == "p":
-            out.append(f"**{rest[0]}**" if len(rest) > 1 and rest[1] else rest[0])
+            out.append(_wrap(f"**{rest[0]}**" if len(rest) > 1 and rest[1] else rest[0]))
         elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in rest[0]))
+            out.append("\n".join(_wrap(f"- {item}", "  ") for item in rest[0]))
         elif kind == "table":
             headers, rows = rest
             cell = lambda v: str(v).replace("|", "\\|")
@@ -76,7 +85,7 @@ def _md(blocks: list[tuple]) -> str:
                                   *("| " + " | ".join(map(cell, row)) + " |" for row in rows)]))
         elif kind == "fig":
             path, caption = rest
-            out.append(f"![{caption.split('.')[0]}]({FIGURES_DIR}/{path.name})\n\n*{caption}*")
+            out.append(f"![{caption.split('.')[0]}]({FIGURES_DIR}/{path.name})\n\n" + _wrap(f"*{caption}*"))
     return "\n\n".join(out) + "\n"
 
 
@@ -199,39 +208,110 @@ def plot_laws(results: dict, path: Path) -> tuple[Path, list[str]] | None:
 
 
 def plot_multipliers(results: dict, path: Path) -> tuple[Path, list[str]] | None:
-    """Each intervention's effective-data multiplier k with its bootstrap interval; 1× = no effect."""
-    effects = [e for e in results["effects"] if e["multiplier"] and e["multiplier"]["value"] is not None]
+    """Each intervention's effective-data multiplier k with its 95% interval; 1× = no effect. An end past
+    the solver's bound is drawn to the bound with an arrow (unbounded), never as a measured end."""
+    effects = [e for e in results["effects"] if e["multiplier"]]
     if not effects:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(effects) + 1.5))
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(effects) + 2))
+    colors = {"gain": "C2", "loss": "C3"}
     for i, e in enumerate(effects):
         k = e["multiplier"]
-        lo, hi = k["interval"] or (k["value"], k["value"])
-        lo, hi = lo if lo is not None else k["value"], hi if hi is not None else k["value"]
-        color = {"gain": "C2", "loss": "C3"}.get(e["verdict"], "grey")
-        ax.errorbar([k["value"]], [i], xerr=[[k["value"] - lo], [hi - k["value"]]], fmt="o", color=color, capsize=4)
+        bound = k.get("bound", 100.0)
+        value = k["value"] if k["value"] is not None else k["capped"]
+        lo, hi = k["interval"] or (value, value)
+        lo, hi = lo if lo is not None else 1 / bound, hi if hi is not None else bound
+        color = colors.get(e["verdict"], "grey")
+        ax.errorbar([value], [i], xerr=[[max(value - lo, 0)], [max(hi - value, 0)]], fmt="o", color=color, capsize=4)
+        for end, side, marker in ((lo, 1, "<"), (hi, 2, ">")):
+            if k["interval"] and k["interval"][side - 1] is None:
+                ax.plot([end], [i], marker=marker, color=color, ms=8)
     ax.axvline(1, color="black", lw=1)
-    ends = [v for e in effects for v in (e["multiplier"]["interval"] or []) if v]
-    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if min(ends + [1]) / 2 <= t <= max(ends + [1]) * 2]
-    ax.set_yticks(range(len(effects)), [f"{e['name']} ({'gain' if e['verdict'] == 'gain' else e['verdict'].split(' at')[0]})"
-                                        for e in effects], fontsize=8)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=label) for label, c in
+               (("gain", "C2"), ("loss", "C3"), (NOT_DISTINGUISHABLE, "grey"))]
+    handles += [plt.Line2D([], [], color="black", marker=">", ls="", label="interval unbounded (past the solver's bound)"),
+                plt.Line2D([], [], color="black", lw=1, label="1× = no effect")]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
+    ax.set_yticks(range(len(effects)), [e["name"] for e in effects], fontsize=9)
     ax.set_xscale("log")
+    ticks = [0.01, 0.1, 0.5, 1, 2, 10, 100]
     ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.set_xlim(0.008, 125)
     ax.minorticks_off()
-    ax.set_xlabel("effective-data multiplier k (interval: bootstrap); 1 = no effect")
+    ax.set_xlabel("effective-data multiplier k [95% interval]")
     ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
     return save_figure(fig, path), [i for e in effects for i in e["runs"]]
 
 
 # ---------------------------------------------------------------- the report
 
 
+EXTRAPOLATION_WARNING = 10.0  # predictions beyond this factor of the measured scale are flagged in the first lines
+HEADLINE_CHARACTERS = 200
+FLOPS_CONVENTION = ("FLOPs throughout are C = 6·N·D with N the non-embedding parameters and D the training "
+                    "tokens (the convention of --flops, the laws and the planner; the runs' own counts, which add "
+                    "the output head and attention, are rescaled to it).")
+
+
+def headline(results: dict) -> str:
+    """The answer in at most HEADLINE_CHARACTERS characters: what to train, or why nothing can be said and
+    the --budget-hours that would change that on this machine."""
+    best, design = results["extrapolation"].get("best"), results["design"]
+    problems = results["extrapolation"]["problems"]
+    if best is not None:
+        text = (f"Train {best['params']['value']:.3g} non-embedding parameters (≈ {best['nearest_size']}) for "
+                f"{best['epochs']['value']:.3g} epochs, {best['recipe']} recipe: predicted loss "
+                f"{_num(best['loss']['value'], 3)} nats/token.")
+    elif design.get("hours_to_identify_n"):
+        text = (f"No model size: a {design['hours']:g} h budget cannot run the sizes that identify N on this machine; "
+                f"--budget-hours {design['hours_to_identify_n']:g} would.")
+    elif "recommendation" in problems and design.get("hours_for_4x_budget"):
+        text = (f"No model size: the runs did not separate the model-size term from the data term; 4× the budgets, "
+                f"--budget-hours {design['hours_for_4x_budget']:g} on this machine, may.")
+    elif "recommendation" in problems:
+        text = ("No model size: the runs did not separate the model-size term from the data term (a design from "
+                "before the budget that identifies N was recorded; see below).")
+    else:
+        text = "No recommendation: the runs do not support a fitted law (see 'What this study could not conclude')."
+    return text[:HEADLINE_CHARACTERS]
+
+
+def effects_line(results: dict) -> str:
+    found = {v: [f"{e['name']} ({format_multiplier(e['multiplier'])})" if e["multiplier"] else e["name"]
+                 for e in results["effects"] if e["verdict"] == v] for v in ("gain", "loss")}
+    if not found["gain"] and not found["loss"]:
+        return "No intervention's effect was distinguishable from zero at this scale."
+    return "; ".join(f"Distinguishable {what} at this scale: {', '.join(names)}" for what, names in
+                     (("gains", found["gain"]), ("losses", found["loss"])) if names) + "."
+
+
 def recommendation(results: dict) -> list[tuple]:
     inputs = results["inputs"]
     best = results["extrapolation"].get("best")
     gains = [e["name"] for e in results["effects"] if e["verdict"] == "gain"]
-    losses = [e["name"] for e in results["effects"] if e["verdict"] == "loss"]
-    blocks = []
+    blocks = [("p", headline(results), True), ("p", effects_line(results))]
+    s = results.get("scale")
+    if s:
+        factors = {"compute": s["flops_factor"], "unique tokens": s["unique_tokens_factor"]}
+        if best is not None:
+            factors["parameters"] = best["params_factor"]
+        far = {k: v for k, v in factors.items() if v > EXTRAPOLATION_WARNING}
+        if far and best is not None:
+            blocks.append(("p", "Warning: the recommendation extrapolates " + ", ".join(
+                f"{v:.3g}× in {k}" for k, v in far.items()) + f" beyond the measured runs (more than "
+                f"{EXTRAPOLATION_WARNING:g}×); the law's form, not these runs, decides it there.", True))
+    calibration = results.get("calibration")
+    if calibration:
+        k = (f"k = {format_multiplier(calibration['multiplier'])}" if calibration["multiplier"]
+             else "no k (no law in U could be fitted)")
+        blocks.append(("p", f"Calibration: a placebo (at each tuned setting one seed treated as an intervention, the "
+                            f"others as its reference) gets {k}, Δ {calibration['test']['difference']:+.4f}, "
+                            f"t = {calibration['test']['t']:+.2f}: {verdict_of(calibration['test'])}; a correct estimator "
+                            f"gives 1× and not distinguishable."))
+    else:
+        blocks.append(("p", "Calibration: none (fewer than two finished seeds of a tuned setting, so no placebo "
+                            "and no noise estimate: no effect below can be judged)."))
     if best is None:
         problems = results["extrapolation"]["problems"]
         if "recommendation" in problems:
@@ -242,7 +322,7 @@ def recommendation(results: dict) -> list[tuple]:
         else:
             reason = "no eligible recipe had a prediction"
         blocks.append(("p", f"No recommendation: {reason}. The measured effects below hold only at the scale "
-                            f"measured.", True))
+                            f"measured."))
     else:
         n = best["params"]
         wd = f", weight decay {best['weight_decay']:g}" if best["weight_decay"] is not None else ""
@@ -250,7 +330,7 @@ def recommendation(results: dict) -> list[tuple]:
                             f"{inputs['flops']:.3g} FLOPs: the {best['recipe']} recipe{wd}, a model of "
                             f"{_est(n)} non-embedding parameters (nearest ladder size: {best['nearest_size']}), "
                             f"{_est(best['epochs'])} epochs ({_est(best['tokens'])} training tokens); predicted "
-                            f"validation loss {_est(best['loss'], _num)} nats/token.", True))
+                            f"validation loss {_est(best['loss'], _num)} nats/token."))
         eff = best["data_efficiency"]
         text = (f"As compute → ∞ on these {inputs['unique_tokens']:,} tokens the {best['recipe']} recipe approaches "
                 f"{_est(best['asymptote'], _num)} nats/token")
@@ -264,7 +344,6 @@ def recommendation(results: dict) -> list[tuple]:
             text += (f"; the standard recipe would need {_est(eff)}× these unique tokens to reach that (data "
                      f"efficiency vs the standard recipe).")
         blocks.append(("p", text if text.endswith(".") else text + "."))
-    s = results.get("scale")
     if s:
         reach = (f"the recommendation extrapolates {best['params_factor']:.3g}× in parameters, "
                  if best is not None else "your budget lies ")
@@ -272,36 +351,34 @@ def recommendation(results: dict) -> list[tuple]:
                             f"parameters and {s['unique_tokens_measured'][0]:,}–{s['unique_tokens_measured'][1]:,} unique "
                             f"tokens, runs of up to {s['flops_largest_run']:.3g} FLOPs; {reach}"
                             f"{s['unique_tokens_factor']:.3g}× in unique tokens and {s['flops_factor']:.3g}× in compute "
-                            f"beyond that. Intervals are 95% bootstrap intervals over the runs; they do not cover the "
-                            f"error of the law's form, which grows with extrapolation."))
+                            f"beyond that. Prediction intervals are 95% bootstrap intervals over the runs; they do not "
+                            f"cover the error of the law's form, which grows with extrapolation. {FLOPS_CONVENTION}"))
     if results["failed"]:
         blocks.append(("p", f"{len(results['failed'])} of the study's runs failed or diverged (listed under 'What this "
                             f"study could not conclude'); re-run the command to retry them.", True))
-    if gains or losses:
-        found = [f"{what} at this scale: {', '.join(names)}" for what, names in
-                 (("Distinguishable gains", gains), ("Distinguishable losses (the intervention hurt)", losses)) if names]
-        blocks.append(("p", ". ".join(found) + "."))
-    else:
-        blocks.append(("p", "No intervention's effect was distinguishable from zero at this scale"
-                            + (f"; the recommendation uses the standard recipe (weight decay {STANDARD_WEIGHT_DECAY}, "
-                               f"epochs tuned)." if best is not None else ".")))
     return blocks
 
 
 def effect_blocks(results: dict) -> list[tuple]:
+    noise = results.get("noise") or {}
     blocks = [("h", 2, "What each intervention is worth here"),
-              ("p", "Loss changes are in nats/token (negative = lower loss). Matched compute: against the reference "
-                    "recipe's best run that used no more FLOPs at the same model and budget. Same setting: against "
-                    "the reference run the intervention was built on. The seed spread is the largest range of losses "
-                    "across seeds of one setting; an effect within it, or whose multiplier interval includes 1×, is "
-                    f"{NOT_DISTINGUISHABLE}.")]
+              ("p", "Loss changes are in nats/token (negative = lower loss). Δ same setting: the intervention's loss "
+                    "minus the mean of the reference's fresh seeds at the same model, budget and epochs, averaged "
+                    "over its points, ± its standard error from the pooled seed SD "
+                    f"({_num(noise.get('sd'))} nats, {noise.get('df', 0)} df). One two-sided t-test at 95% calls "
+                    "it a gain, a loss or "
+                    f"{NOT_DISTINGUISHABLE}. k: the unique data the reference would need for that loss change, "
+                    "read off the reference law's slope at the intervention's own points (docs/study.md). Matched "
+                    "compute: against the reference's best run that used no more FLOPs.")]
     rows = []
     for e in results["effects"]:
-        k = e["multiplier"]
-        rows.append([e["name"], e["verdict"], _signed(e["delta_compute"]), _signed(e["delta_data"]), _num(e["spread"]),
-                     _est(k) if k else "–", _sci(e["cost"]) if e["cost"] else "–", len(e["runs"])])
-    blocks.append(("table", ["intervention", "verdict", "Δ loss, matched compute", "Δ loss, same setting",
-                             "seed spread", "multiplier k [95%]", "FLOPs ×", "runs"], rows))
+        test = e.get("test")
+        rows.append([e["name"], e["verdict"], _signed(e["delta_compute"]),
+                     f"{_signed(e['delta_data'])} ± {test['se']:.4f}" if test else _signed(e["delta_data"]),
+                     f"{test['t']:+.2f}" if test else "–", format_multiplier(e["multiplier"]),
+                     e.get("published") or "–", _sci(e["cost"]) if e["cost"] else "–", len(e["runs"])])
+    blocks.append(("table", ["intervention", "verdict", "Δ loss, matched compute", "Δ loss, same setting ± SE", "t",
+                             "multiplier k [95%]", "published", "FLOPs ×", "runs"], rows))
     for e in results["effects"]:
         blocks.append(("h", 3, f"{e['name']}: {e['title']}"))
         if e["status"] != "measured":
@@ -310,15 +387,17 @@ def effect_blocks(results: dict) -> list[tuple]:
         compared = "the standard recipe (weight decay 0.1, epochs tuned)" if e["reference"] == "standard" else \
             "the tuned recipe (best weight decay and epochs of the grid)"
         k = e["multiplier"]
-        k_text = (f"Effective-data multiplier {_est(k)} ({k['law']}, {results['bootstrap']} bootstrap resamples)"
-                  if k else f"No multiplier: {e['multiplier_reason']}")
-        blocks.append(("p", f"Compared with {compared}. Verdict: {e['verdict']} — {e['verdict_reason']}. {k_text}. "
-                            f"{len(e['runs'])} runs."))
+        k_text = (f"Effective-data multiplier {format_multiplier(k)} ({k['law']})" if k
+                  else f"No multiplier: {e['multiplier_reason']}")
+        published = f" Published: {e['published']}." if e.get("published") else ""
+        blocks.append(("p", f"Compared with {compared}. Verdict: {e['verdict']} — {e['verdict_reason']}. {k_text}."
+                            f"{published} {len(e['runs'])} runs."))
         blocks.append(("table", ["size", "budget U", "epochs", "loss", "FLOPs", "matched-compute loss (run)",
-                                 "same-setting loss (run)", "runs"],
+                                 "reference seeds' mean (runs)", "runs"],
                        [[p["size"], f"{p['budget']:,}", f"{p['epochs']:g}", _num(p["loss"]), _sci(p["flops"]),
                          f"{_num(p['matched_compute_loss'])} ({p['matched_compute_run'] or '–'})",
-                         f"{_num(p['same_setting_loss'])} ({p['same_setting_run'] or '–'})", _runs(p["runs"], 3)]
+                         f"{_num(p['same_setting_loss'])} ({_runs(p.get('reference_runs') or [], 4)})",
+                         _runs(p["runs"], 3)]
                         for p in e["points"]]))
     return blocks
 
@@ -413,8 +492,8 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
         "Law fits with extrapolation. Left: the tuned recipe's points and fitted law, drawn past the measured epochs. "
         "Right: each recipe's predicted loss at the user's U against compute (dotted: not distinguishable), the "
         "user's C dashed, with the 95% interval there.",
-        "Intervention multipliers. Effective-data multiplier k with its bootstrap interval (green: gain, red: loss, "
-        "grey: not distinguishable from zero).",
+        "Intervention multipliers. Effective-data multiplier k with its 95% interval (green: gain, red: loss, "
+        "grey: not distinguishable from zero; an arrow: unbounded past the solver's bound).",
     ]
     if "recommendation" in results["extrapolation"]["problems"]:
         captions[1] += " Not conclusions: the runs do not determine the law's model-size term (see Predictions)."

@@ -18,7 +18,15 @@ from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import Executor
-from scarce.studies.study.design import STUDY_NAME, Design, grid_cells, synthetic_tokens
+from scarce.studies.study.design import (
+    ANALYSIS_FRACTION,
+    STUDY_NAME,
+    Design,
+    grid_cells,
+    slowdown,
+    synthetic_tokens,
+    to_drop,
+)
 from scarce.studies.study.interventions import DISTILL_WEIGHT, Intervention
 from scarce.studies.sweep import Outcome, Study, point_config
 
@@ -62,8 +70,15 @@ def _row(outcome: Outcome, part: str) -> Row | None:
     return Row(s["run_id"], part, c["model"]["size"], s["non_embedding_params"], c["data"]["unique_tokens"],
                s["unique_tokens"],
                float(s.get("epochs") or c["train"]["epochs"]), c["optim"]["weight_decay"], c["train"]["seed"],
-               loss if loss is not None and math.isfinite(loss) else None, float(s.get("flops") or 0.0),
+               loss if loss is not None and math.isfinite(loss) else None, flops_6nd(s),
                float(s.get("wall_seconds") or 0.0), s.get("status", "failed"))
+
+
+def flops_6nd(summary: dict) -> float:
+    """The run's training FLOPs in the study's one convention, C = 6·N·D with N non-embedding parameters (the
+    laws', the planner's and --flops'): the run counts the output head and attention too, so rescale."""
+    flops, per_token = float(summary.get("flops") or 0.0), summary.get("flops_per_token")
+    return flops * 6 * summary["non_embedding_params"] / per_token if per_token else flops
 
 
 def tuned_config(rows: Sequence[Row], configs: dict[str, RunConfig], size: str, budget: int) -> RunConfig | None:
@@ -103,8 +118,22 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     configs: dict[str, RunConfig] = {}
     failed: list[str] = []
     skipped = {i.name: reason for i in interventions if (reason := i.requires(base)) is not None}
+    skipped.update({name: f"dropped by the design: the {design.hours:g} h budget could not afford it on this machine"
+                    for name in design.dropped if name in {i.name for i in interventions}})
     active = [i for i in interventions if i.name not in skipped]
     spec = {"design": asdict(design), "interventions": [i.name for i in interventions]}
+
+    def keep_the_budget(from_stage: int) -> None:
+        """Re-measure the throughput on the runs so far; when the rest would overrun the budget, drop the
+        lowest-priority interventions (named in the report with the reason)."""
+        nonlocal active
+        factor = slowdown(rows, design)
+        left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - started)
+        for name in to_drop(design, active, base, from_stage, factor, left):
+            skipped[name] = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× "
+                             f"their calibrated time, and the rest would not have fit")
+            console.print(f"[yellow]note:[/yellow] {name} {skipped[name]}")
+        active = [i for i in active if i.name not in skipped]
 
     def train(study: Study, batch: list[tuple[str, RunConfig]]) -> list[Row | None]:
         if not batch:
@@ -124,16 +153,20 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     with Study(STUDY_NAME, base.runs_dir, "study", spec) as study:
         console.print(f"[bold]grid[/bold]: {len(grid_configs(base, design))} runs")
         train(study, [("grid", c) for c in grid_configs(base, design)])
+        keep_the_budget(from_stage=1)
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
-        # Seeds of the tuned setting at every budget: the ensembles, and the seed-to-seed spread every verdict needs.
+        # Interventions run at a seed no reference run used: the grid's run at the tuned setting won a selection
+        # (its noise is biased low), and a shared seed would carry that luck into the intervention.
+        fresh = {d: member_config(c, design.members) if c is not None else None for d, c in tuned.items()}
+        # Seeds of the tuned setting at every budget: the ensembles, and the reference every verdict needs.
         wants_members = set(design.budgets)
         for intervention in active:
             if intervention.measure != "single":
                 continue
             try:
-                second += [(intervention.name, with_overrides(tuned[d], intervention.overrides_for(tuned[d])))
+                second += [(intervention.name, with_overrides(fresh[d], intervention.overrides_for(fresh[d])))
                            for d in intervention.where(design.budgets) if tuned[d] is not None]
             except ScarceError as err:  # overrides this version's config does not accept: say so, run the rest
                 skipped[intervention.name] = f"its config overrides do not validate: {err}"
@@ -143,6 +176,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         if second:
             console.print(f"[bold]interventions[/bold]: {len(second)} runs")
         train(study, second)
+        keep_the_budget(from_stage=2)
         ensembles = []
         for d in sorted(wants_members):
             if tuned[d] is None:
@@ -157,7 +191,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
             if len(ensemble["members"]) < 2:
                 skipped.setdefault("distill", "the ensemble teacher has fewer than two finished members")
                 continue
-            students.append(("distill", student_config(tuned[ensemble["budget"]], ensemble, distill, console)))
+            students.append(("distill", student_config(fresh[ensemble["budget"]], ensemble, distill, console)))
         train(study, students)
     return StudyRuns(rows, configs, ensembles, skipped, time.perf_counter() - started, failed)
 
@@ -196,6 +230,7 @@ def student_config(tuned: RunConfig, ensemble: dict, intervention: Intervention,
 
     weight = intervention.overrides_for(tuned).get("distill.weight", DISTILL_WEIGHT)
     teachers = [Path(tuned.runs_dir) / m for m in ensemble["members"]]
-    synthetic = sample_synthetic(teachers, synthetic_tokens(ensemble["budget"]), Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
+    synthetic = sample_synthetic(teachers, synthetic_tokens(ensemble["budget"], tuned.train.epochs),
+                                 Path(tuned.runs_dir) / SYNTHETIC_DIR, seed=0,
                                  progress=False, console=console)
     return point_config(distill_config(tuned, "sequence", teachers, weight, synthetic), {}, STUDY_NAME)
