@@ -33,7 +33,7 @@ from scarce.atomic import make_temp_dir, write_json_atomic
 from scarce.data.corpora import corpus_fingerprint, corpus_name, load_documents
 from scarce.data.tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
 from scarce.errors import ScarceError
-from scarce.paths import scarce_home
+from scarce.paths import scarce_home, writable_dir
 
 # Bump when the layout or the split rule changes, so stores built the old way are not reused.
 # 2: meta.json records each validation document's UTF-8 bytes (val_document_bytes), for exact bits/byte.
@@ -307,6 +307,7 @@ def prepare_store(
     if (target / "meta.json").is_file():
         return open_store(target)
 
+    writable_dir(root, "the token store cache ($SCARCE_HOME/data)")
     split = split_corpus(source, val_fraction, split_seed, fingerprint=fingerprint)
     console = Console(stderr=True)
     tok = fit_tokenizer(tokenizer, vocab_size, split.train, root, console, "")
