@@ -10,8 +10,10 @@ a hash of the resolved config without `name` and `runs_dir`; `study` is part of 
 never share runs). For each requested config:
 
 - a run with that key that completed or diverged is a result, read back and not run again;
-- an unfinished run (killed, failed, interrupted) with a checkpoint is resumed from its newest one;
-- an unfinished run without a checkpoint yet is deleted (and dropped from the index) and started over.
+- an unfinished run (killed, failed, interrupted) with an intact checkpoint is resumed from its newest one;
+- an unfinished run without a checkpoint yet is deleted (and dropped from the index) and started over;
+- a run whose summary.json is unreadable, or whose checkpoints are all damaged, is set aside whole
+  (`scarce.runs.set_aside`, never deleted) and started over; it never stops the other runs.
 """
 
 from __future__ import annotations
