@@ -165,3 +165,10 @@ def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(argv, named, plac
     assert len(errors) == 1 and lines[0].startswith("error:"), err
     assert named in err.replace("\n", " "), err
     assert _snapshot(places["base"], tmp_path) == before, "a bad input created or changed a file"
+
+
+def test_error_messages_are_printed_literally_not_as_markup(capsys):
+    # the batched executor's message names config sections in brackets
+    with pytest.raises(SystemExit):
+        cli._error("the batched executor needs no [distill], no [init]")
+    assert capsys.readouterr().err == "error: the batched executor needs no [distill], no [init]\n"
