@@ -218,11 +218,17 @@ def test_reindex_recovers_every_row_after_the_index_is_deleted(tmp_path):
 
     assert {r["run_id"] for r in load_runs_table(tmp_path)} == recorded  # rebuilds on its own
 
+    # the index is a cache: a damaged one is rebuilt from the run directories, by a read or a write
     (tmp_path / "index.sqlite").write_bytes(b"not a database" * 100)
-    with pytest.raises(ScarceError, match="damaged.*reindex"):
-        RunIndex(tmp_path).rows()
-    assert RunIndex(tmp_path).reindex() == 3
-    assert {r["run_id"] for r in RunIndex(tmp_path).rows()} == recorded
+    with pytest.warns(UserWarning, match="was damaged.*rebuilt it from the run directories"):
+        assert {r["run_id"] for r in RunIndex(tmp_path).rows()} == recorded
+    (tmp_path / "index.sqlite").write_bytes(b"not a database" * 100)
+    late = create_run_dir(tmp_path, "wd", _config())
+    write_summary(late, _summary(late))
+    with pytest.warns(UserWarning, match="was damaged"):
+        RunIndex(tmp_path).record(late)
+    assert {r["run_id"] for r in RunIndex(tmp_path).rows()} == recorded | {late.name}
+    assert RunIndex(tmp_path).reindex() == 4
 
 
 def test_load_runs_table_and_reindex_name_a_missing_runs_dir_and_create_nothing(tmp_path):

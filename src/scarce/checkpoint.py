@@ -36,6 +36,7 @@ def save_checkpoint(root: Path, step: int, model_state: dict, state: dict, keep:
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temp_dirs(root)
     tmp.mkdir()
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -60,15 +61,16 @@ def save_checkpoint(root: Path, step: int, model_state: dict, state: dict, keep:
     return final
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(model state dict, training state) of one checkpoint; ScarceError naming the file if it is damaged."""
+def verify_checkpoint(path: Path) -> dict[str, bytes]:
+    """The checkpoint's files, checked against the sizes and SHA-256 in its manifest; ScarceError naming
+    the file if one is damaged."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        expected_files = {name: manifest["files"][name] for name in FILES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ScarceError(f"checkpoint {path} has no readable manifest.json ({e})") from None
     blobs = {}
-    for name in FILES:
-        expected = manifest["files"][name]
+    for name, expected in expected_files.items():
         try:
             blob = (path / name).read_bytes()
         except OSError as e:
@@ -78,8 +80,45 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         if hashlib.sha256(blob).hexdigest() != expected["sha256"]:
             raise ScarceError(f"checkpoint file {path / name} is corrupt: its SHA-256 does not match the manifest")
         blobs[name] = blob
-    model_state = load_safetensors(blobs["model.safetensors"])
-    state = torch.load(io.BytesIO(blobs["state.pt"]), weights_only=True)
+    return blobs
+
+
+def remove_stale_temp_dirs(root: Path) -> list[Path]:
+    """Delete the half-written checkpoints (`.tmp-step_…-PID`) of writers that are gone: a kill during a
+    save leaves one (as large as a checkpoint) that nothing else would ever remove. A writer counts as
+    gone when no process has its pid on this host (the run's lock keeps writers of one run to one)."""
+    removed = []
+    for tmp in root.glob(".tmp-step_*-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(model state dict, training state) of one checkpoint; ScarceError naming the file if it is damaged."""
+    blobs = verify_checkpoint(path)
+    try:
+        model_state = load_safetensors(blobs["model.safetensors"])
+    except Exception as e:  # safetensors raises its own error types
+        raise ScarceError(f"checkpoint file {path / 'model.safetensors'} is unreadable ({e})") from None
+    try:
+        # weights_only: tensors and plain containers; a crafted pickle is refused, not run
+        state = torch.load(io.BytesIO(blobs["state.pt"]), weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
+        raise ScarceError(f"checkpoint file {path / 'state.pt'} is unreadable ({type(e).__name__}: {e})") from None
     return model_state, state
 
 

@@ -4,11 +4,19 @@ Each command is a plain function in scarce/commands/ (one module per group of co
 library, print); nothing here or there that a Python user could not call from the library.
 """
 
+import errno
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
+from typer.rich_utils import rich_format_error
+
+try:  # Typer ≥ 0.2x carries its own copy of Click
+    from typer._click import exceptions as click_errors
+except ImportError:
+    from click import exceptions as click_errors
 
 from scarce.commands import data, diagnose, ensemble, eval, laws, procedural, runs, specialize, study, sweep, train
 from scarce.errors import ScarceError
@@ -69,13 +77,41 @@ for _group, (_help, _commands) in GROUPS.items():
     app.add_typer(_app, name=_group)
 
 
+# a place scarce cannot read or write (permissions, a read-only or full disk, a file where a folder should be)
+_PLACE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOSPC,
+                 errno.EDQUOT}
+
+
 def main():
-    """Console entry point: a ScarceError is one red line and exit code 2, not a traceback."""
+    """Console entry point: a ScarceError is one red line and exit code 2, not a traceback; so is a usage
+    error (Click's: a bad number, an unknown option) and an OSError about a place (the check before the work
+    missed it). The message is printed literally: brackets in a path
+    are not Rich markup."""
     try:
-        app()
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:  # `scarce` or `scarce data` alone: its help, as Typer shows it
+        rich_format_error(e)
+        raise SystemExit(e.exit_code) from None
+    except click_errors.UsageError as e:  # a bad number, a missing argument, an unknown option: one line too
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        _error(e.format_message() + hint)
+    except click_errors.ClickException as e:
+        _error(e.format_message())
+    except typer.Abort:
+        Console(stderr=True).print("Aborted!")
+        raise SystemExit(1) from None
     except ScarceError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise SystemExit(2) from None
+        _error(str(e))
+    except OSError as e:
+        if e.errno not in _PLACE_ERRORS or e.filename is None:
+            raise
+        _error(f"cannot use {e.filename}: {e.strerror}")
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str):
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", message), highlight=False)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # `torchrun --nproc_per_node 2 -m scarce.cli train ...`

@@ -8,6 +8,7 @@ resolved config: `run_key(config)`, and `runs_by_key(runs_dir)` finds the direct
 """
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
 import time
 import warnings
@@ -29,13 +31,19 @@ from pydantic import ValidationError
 
 from scarce.atomic import make_temp_dir, write_bytes_atomic
 from scarce.config import RunConfig
-from scarce.errors import ScarceError
+from scarce.errors import ScarceError, format_validation_error
 
 INDEX_FILE = "index.sqlite"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = "lock"  # held by the process writing the run (scarce.runs.lock_run)
+HEARTBEAT_FILE = "heartbeat"  # touched every HEARTBEAT_SECONDS by that process
+SET_ASIDE_DIR = ".set-aside"  # runs moved out of the way (damaged, or started over), never deleted
+HEARTBEAT_SECONDS = 30.0
+# A run on another host is taken for dead once its heartbeat is this old (on its own host its pid says).
+STALE_HEARTBEAT_SECONDS = 600.0
 
 # The trainer's summary.json keys, in the order tables and CSVs show them.
 SUMMARY_KEYS = (
@@ -45,6 +53,8 @@ SUMMARY_KEYS = (
     "wall_seconds",
 )
 STATUSES = ("running", "completed", "diverged", "failed")
+CRASHED = "crashed"  # shown, never written: a run still "running" whose process is gone
+DAMAGED = "damaged"  # run_status of a run whose summary.json cannot be read
 
 # Bump when the table's columns change: an index with another version is rebuilt from the run dirs.
 _SCHEMA_VERSION = 1
@@ -150,14 +160,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     # "\n" only: splitlines() would also split inside strings holding U+2028, U+2029 or NEL.
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().split(b"\n")
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # a torn line, or bytes written by something else
             # A kill tears the last line; a resumed run then appends after it (append_metrics starts
             # a fresh line), so a torn line can also sit mid-file. Say so unless it is simply the last.
             if number != len(lines):
@@ -196,6 +206,92 @@ def read_summary(run_dir: Path) -> dict:
 def read_config(run_dir: Path) -> dict:
     """The resolved config (nested sections) a run was started with."""
     return _read_json(Path(run_dir) / CONFIG_FILE)
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The validated config of a run; a ScarceError naming its config.json and the bad keys otherwise."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return RunConfig.model_validate(read_config(run_dir))
+    except ValidationError as e:
+        raise ScarceError(f"{path} is not a valid run config (written by another version of scarce?):\n"
+                          f"{format_validation_error(e)}") from None
+
+
+# ---------------------------------------------------------------- who writes a run, and runs set aside
+
+
+def owner() -> dict:
+    """This process, as a run's summary records its writer: {"pid", "host"}."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def lock_run(run_dir: Path):
+    """Take the run's lock (one writer per run directory); returns the open lock file, which holds it
+    until closed (or the process ends, however it ends). A ScarceError naming the holder if it is taken."""
+    lock = open(Path(run_dir) / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ScarceError(f"run {run_dir} is being written by {holder}; wait for it to finish "
+                          "(two writers would corrupt the run)") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
+
+
+def touch_heartbeat(run_dir: Path) -> None:
+    (Path(run_dir) / HEARTBEAT_FILE).touch()
+
+
+def owner_alive(run_dir: Path, summary: dict) -> bool:
+    """Whether the process that wrote a "running" summary may still be running it: on this host its pid
+    must be alive; elsewhere its heartbeat must be younger than STALE_HEARTBEAT_SECONDS. Runs from before
+    owners were recorded count as alive (nothing says otherwise)."""
+    who = summary.get("owner")
+    if not isinstance(who, dict):
+        return True
+    if who.get("host") == socket.gethostname() and isinstance(who.get("pid"), int):
+        try:
+            os.kill(who["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # alive, another user's
+        return True
+    try:
+        age = time.time() - (Path(run_dir) / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        return True
+    return age < STALE_HEARTBEAT_SECONDS
+
+
+def shown_status(run_dir: Path, summary: dict) -> str | None:
+    """The status to show: "crashed" for a run still marked running whose process is gone."""
+    status = summary.get("status")
+    if status == "running" and not owner_alive(run_dir, summary):
+        return CRASHED
+    return status
+
+
+def set_aside(run_dir: Path, reason: str) -> Path:
+    """Move a run out of the runs directory's listing, into `<runs_dir>/.set-aside/`, with a note of why.
+    Nothing is deleted: its files can be inspected or recovered there."""
+    run_dir = Path(run_dir)
+    target_dir = run_dir.parent / SET_ASIDE_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / run_dir.name
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = target_dir / f"{run_dir.name}.{suffix}"
+    os.rename(run_dir, target)
+    (target / "SET_ASIDE.txt").write_text(f"{datetime.now(UTC).isoformat(timespec='seconds')}: {reason}\n")
+    return target
 
 
 def run_dirs(runs_dir: Path) -> Iterator[Path]:
@@ -251,7 +347,7 @@ class RunIndex:
                 raise  # locked, disk full, ...: not the file's fault
             raise _CorruptIndex(
                 f"the run index {self.path} is damaged ({e}); rebuild it from the run directories "
-                "with RunIndex(runs_dir).reindex()"
+                f"with: scarce runs {self.runs_dir} --reindex"
             ) from e
         finally:
             conn.close()
@@ -307,10 +403,29 @@ class RunIndex:
         return (*columns, json.dumps(summary), json.dumps(config), self._stored_path(run_dir))
 
     def record(self, run_dir: Path) -> None:
-        """Read run_dir's summary.json and config.json and upsert its row (keyed by run_id)."""
+        """Read run_dir's summary.json and config.json and upsert its row (keyed by run_id). A damaged
+        index is rebuilt from the run directories first (it is a cache of them)."""
         values = self._row_values(run_dir)
+        try:
+            self._insert(values)
+        except _CorruptIndex as e:
+            self._rebuild_damaged(e)
+            self._insert(values)  # a run recorded from outside runs_dir is not found by the rebuild
+
+    def _rebuild_damaged(self, error: Exception) -> None:
+        """The index is a cache of the run directories: a damaged one is rebuilt from them, as a schema change is."""
+        cause = str(error.__cause__ or error)
+        warnings.warn(f"the run index {self.path} was damaged ({cause}); rebuilt it from the run directories",
+                      stacklevel=3)
+        self.reindex()
+
+    def _insert(self, values: tuple) -> None:
         with self._open() as conn, self._transaction(conn):
             conn.execute(_INSERT, values)
+
+    def writable(self) -> bool:
+        """Whether this index can be written (an archived run store may be read-only)."""
+        return os.access(self.runs_dir, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
 
     def reindex(self) -> int:
         """Rebuild the index from the run directories (each non-hidden dir with a summary.json).
@@ -322,6 +437,9 @@ class RunIndex:
         after it, never lost. Runs recorded from outside runs_dir are not found again.
         """
         _require_runs_dir(self.runs_dir)
+        if not self.writable():
+            raise ScarceError(f"cannot rebuild the run index in {self.runs_dir}: the directory is read-only "
+                              "(listing its runs needs no index)")
         try:
             return self._rebuild()
         except _CorruptIndex:
@@ -346,18 +464,51 @@ class RunIndex:
     def rows(self, where: Iterable[str] = ()) -> list[dict]:
         """Every indexed run as a flat dict (summary keys, dotted config keys, `path`), oldest first,
         keeping those that pass every filter in `where` (see `filter_rows`)."""
-        if not self.path.exists():
+        if not self.writable():
+            stored = self._read_only_rows()
+        elif not self.path.exists():
             return []
-        with self._open() as conn:
-            stored = conn.execute("SELECT summary_json, config_json, path FROM runs").fetchall()
+        else:
+            try:
+                stored = self._stored_rows()
+            except _CorruptIndex as e:
+                self._rebuild_damaged(e)
+                stored = self._stored_rows()
         rows = []
         for summary_json, config_json, path in stored:
             row = flatten(json.loads(config_json))
             # On a clash (a top-level config key such as "name") the summary's value wins.
-            row.update(json.loads(summary_json))
+            summary = json.loads(summary_json)
+            row.update(summary)
             row["path"] = str(self.runs_dir / path)
+            row["status"] = shown_status(Path(row["path"]), summary)
             rows.append(row)
         return filter_rows(sorted(rows, key=start_order), where)
+
+    def _stored_rows(self) -> list[tuple[str, str, str]]:
+        with self._open() as conn:
+            return conn.execute("SELECT summary_json, config_json, path FROM runs").fetchall()
+
+    def _read_only_rows(self) -> list[tuple[str, str, str]]:
+        """The rows of a read-only run store: from its index opened immutable (nothing written, not even
+        WAL files), or, with no usable index, read from the run directories themselves."""
+        if self.path.exists():
+            try:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True)
+                try:
+                    if self._schema_current(conn):
+                        return conn.execute("SELECT summary_json, config_json, path FROM runs").fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError:
+                pass  # damaged: the run directories are the truth
+        stored = []
+        for run_dir in run_dirs(self.runs_dir):
+            try:
+                stored.append(self._row_values(run_dir)[-3:])
+            except ScarceError as e:
+                warnings.warn(f"skipped {run_dir}: {e}", stacklevel=3)
+        return stored
 
 
 class _CorruptIndex(ScarceError):
@@ -376,7 +527,8 @@ def _sql_value(value: Any) -> Any:
 # ---------------------------------------------------------------- filters
 
 
-_FILTER = re.compile(r"^\s*([^=!<>\s][^=!<>]*?)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+# the value may not start with an operator character: "epochs>>3" is a typo, not a text comparison
+_FILTER = re.compile(r"^\s*([^=!<>\s][^=!<>]*?)\s*(!=|>=|<=|=|>|<)\s*((?![=!<>]).*?)\s*$")
 _COMPARE = {
     "=": lambda a, b: a == b,
     "!=": lambda a, b: a != b,
@@ -474,7 +626,7 @@ def load_runs_table(runs_dir: Path, where: Iterable[str] = ()) -> list[dict]:
     runs_dir = Path(runs_dir)
     _require_runs_dir(runs_dir)
     index = RunIndex(runs_dir)
-    if not index.path.exists() and any(run_dirs(runs_dir)):
+    if not index.path.exists() and index.writable() and any(run_dirs(runs_dir)):
         index.reindex()
     return index.rows(where)
 
@@ -545,17 +697,18 @@ def runs_by_key(runs_dir: Path, study: str | None = None) -> dict[str, list[Path
 
 
 def run_status(run_dir: Path | None) -> str | None:
-    """The status in a run's summary.json, or None when it has none (yet)."""
+    """The status in a run's summary.json, None when it has none (yet), DAMAGED when it cannot be read."""
     if run_dir is None or not (Path(run_dir) / SUMMARY_FILE).is_file():
         return None
     try:
         return read_summary(run_dir).get("status")
-    except ScarceError:
-        return None
+    except (ScarceError, OSError):
+        return DAMAGED
 
 
 __all__ = [
-    "FINAL_STATUSES", "KEY_EXCLUDED", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics", "available_keys",
-    "create_run_dir", "export_csv", "filter_rows", "load_runs_table", "new_run_id", "parse_filter",
-    "read_config", "read_metrics", "read_summary", "run_key", "run_status", "runs_by_key", "write_metrics", "write_summary",
+    "CRASHED", "DAMAGED", "FINAL_STATUSES", "KEY_EXCLUDED", "STATUSES", "SUMMARY_KEYS", "RunIndex", "append_metrics",
+    "available_keys", "create_run_dir", "export_csv", "filter_rows", "load_run_config", "load_runs_table", "lock_run",
+    "new_run_id", "owner", "owner_alive", "parse_filter", "read_config", "read_metrics", "read_summary", "run_key",
+    "run_status", "runs_by_key", "set_aside", "shown_status", "touch_heartbeat", "write_metrics", "write_summary",
 ]

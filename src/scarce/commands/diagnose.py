@@ -1,5 +1,6 @@
 """`scarce diagnose`: the haystack and arithmetic diagnostics, warm-ups for them, and tokens to a target loss."""
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -85,8 +86,11 @@ def tokens_to_loss(
     target: Annotated[Optional[float], typer.Option(help="Validation loss to reach (default: the first run's final)")] = None,
 ):
     """Training tokens each run needed to reach a validation loss, as a share of the first run's."""
+    from scarce.errors import ScarceError
     from scarce.studies.diagnose import data_fractions
 
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise ScarceError(f"--target is a validation loss in nats/token (finite, > 0), got {target:g}")
     target, rows = data_fractions(run_dirs, target)
     table = Table("run", "warm-up", "warm-up tokens", "tokens to target", "share of the first", "final val loss",
                   caption=f"target validation loss {target:.4f}")

@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scarce.commands.options import ConfigArg, ExecutorOptions, Overrides, console, executor_options, load_run_config, write_json
+from scarce.commands.options import (
+    PLOT_SUFFIXES,
+    ConfigArg,
+    ExecutorOptions,
+    Overrides,
+    check_output_file,
+    console,
+    executor_options,
+    load_run_config,
+    write_json,
+)
 from scarce.errors import ScarceError
 
 
@@ -53,6 +63,10 @@ def ensemble_eval(
 
     if max_subsets < 1:
         raise ScarceError(f"--max-subsets must be at least 1, got {max_subsets}")
+    if eval_tokens is not None and eval_tokens < 1:
+        raise ScarceError(f"--eval-tokens must be at least 1, got {eval_tokens}")
+    check_output_file(json_out, "--json")
+    check_output_file(plot, "--plot", PLOT_SUFFIXES)
     result = evaluate_ensemble(run_dirs, combine, eval_tokens, max_subsets)
     table = Table("K", "loss (nats/token)", "sub-ensembles")
     for point in result["losses_by_k"]:
@@ -95,6 +109,7 @@ def sample(
     from scarce.train.sample import check_sampling, sample_documents
 
     check_sampling(temperature, top_k, batch_size, tokens)
+    check_output_file(out, "--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     members, store = load_members(run_dirs, device)
     stats: dict = {}
@@ -134,6 +149,11 @@ def distill(
     """Distill teachers (an ensemble or one model) into a student trained from scratch."""
     from scarce.studies.distill import run_distillation
 
+    if synthetic_tokens is not None and synthetic_tokens < 1:  # 0 is not "the default"
+        raise ScarceError(f"--synthetic-tokens must be at least 1, got {synthetic_tokens}")
+    if sample_batch_size < 1:
+        raise ScarceError(f"--sample-batch-size must be at least 1, got {sample_batch_size}")
+    check_output_file(json_out, "--json")
     report = run_distillation(
         load_run_config(config, overrides), teacher, mode, weight, synthetic, synthetic_tokens, sample_batch_size, seed, progress,
         console, single_loss, ensemble_loss,

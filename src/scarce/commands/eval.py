@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scarce.commands.options import console
+from scarce.commands.options import check_number, check_output_dir, check_output_file, console
 from scarce.errors import ScarceError
 
 
@@ -21,6 +21,13 @@ def eval_(
     out: Annotated[Optional[Path], typer.Option(help="Write lm-eval's results as JSON here")] = None,
 ):
     """Score a run's newest checkpoint on its validation split (nats/token and bits/byte), or with --tasks on lm-eval tasks."""
+    check_number(limit, "--limit")
+    check_number(num_fewshot, "--num-fewshot", inclusive=True)
+    check_number(batch_size, "--batch-size", minimum=1, inclusive=True)
+    check_number(eval_tokens, "--eval-tokens", minimum=1, inclusive=True)
+    if limit is not None and limit > 1 and limit != int(limit):
+        raise ScarceError(f"--limit is a number of documents (a whole number) or a fraction below 1, got {limit:g}")
+    check_output_file(out, "--out")
     if tasks is not None:
         return _eval_tasks(run_dirs, tasks, include_path or [], limit, num_fewshot, batch_size, out)
     from scarce.evals.run import evaluate_run
@@ -60,6 +67,7 @@ def export(
     hf: Annotated[Path, typer.Option(help="Output directory for a Hugging Face transformers checkpoint")],
 ):
     """Export a run's newest checkpoint as a standard transformers model and tokenizer (needs the hf extra)."""
+    check_output_dir(hf, "--hf")
     from scarce.export import export_run
 
     console.print(f"wrote {export_run(run_dir, hf)}")

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from scarce.commands.options import console
+from scarce.commands.options import PLOT_SUFFIXES, check_number, check_output_file, console
 from scarce.errors import ScarceError
 from scarce.laws.compare import compare_laws
 from scarce.laws.derived import asymptote, data_efficiency, effective_data, estimate, tiered_asymptote
@@ -124,6 +124,8 @@ def fit(
 ):
     """Fit a scaling law to points from a CSV or the run store; with several --law, compare them; with
     --tiered, the tiered asymptote."""
+    check_output_file(json_out, "--json")
+    check_output_file(plot, "--plot", PLOT_SUFFIXES)
     loss = loss or ("mse" if tiered else "huber")
     if loss not in LOSSES:
         raise ScarceError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -134,7 +136,8 @@ def fit(
             raise ScarceError("--tiered fits power laws level by level; it takes no --law, --fix or --intervention")
         levels = _tiered_levels(tiered)
         mapping = {v: mapping.get(v, v) for v in levels}
-        x_values, y_values, _, source, y_column = _load_points(points, runs, where or [], mapping, y)
+        x_values, y_values, labels, source, y_column = _load_points(points, runs, where or [], mapping, y)
+        _check_finite(x_values, y_values, labels, mapping, y_column)
         _tiered(levels, x_values, y_values, loss, bootstrap, level, seed, mapping, y_column, source, json_out, plot)
         return
     names = law or ["chinchilla"]
@@ -172,6 +175,17 @@ def fit(
         from scarce.laws.plot import plot_fit
 
         console.print(f"wrote {plot_fit(fitted, fitted.x_, fitted.y_, plot)}")
+
+
+def _check_finite(x_values: dict, y_values, labels: list[str], mapping: dict, y_column: str) -> None:
+    """Every point's values finite and positive, naming the first bad point by its CSV line or run
+    (a tiered fit groups points first, and a bad value would otherwise surface as a count of points)."""
+    columns = {mapping.get(var, var): values for var, values in x_values.items()} | {y_column: y_values}
+    for column, values in columns.items():
+        bad = ~(np.isfinite(values) & (np.asarray(values) > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ScarceError(f"{labels[i]}: {column} must be finite and > 0, got {values[i]:.6g}")
 
 
 def _derived(law: Law) -> dict:
@@ -215,6 +229,10 @@ def plan(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plan as JSON")] = None,
 ):
     """Best model size and tokens (and epochs, when unique data is capped) for compute budgets, C = 6·N·D."""
+    check_output_file(json_out, "--json")
+    for c in flops:
+        check_number(c, "--flops")
+    check_number(unique_tokens, "--unique-tokens")
     law = law_from_fit_json(fit_json)
     results = [(c, plan_budget(law, c, unique_tokens)) for c in flops]
     keys = list(results[0][1])
@@ -288,7 +306,16 @@ def efficiency(
 ):
     """Data efficiency of a loss: the baseline's effective data D_eff(L) = (A/(L − E))^(1/alpha) and the
     ratio D_eff(L) / D_eff(L_baseline(D)), from a fitted or published data law L(D) = E + A·D^(−alpha)."""
+    check_number(loss, "--loss")
+    check_number(tokens, "--tokens")
+    check_number(baseline_loss, "--baseline-loss")
+    check_output_file(json_out, "--json")
     data_law = _data_law(fit_json, law, param or [])
+    floor = data_law.params_["E"]
+    for option, value in (("--loss", loss), ("--baseline-loss", baseline_loss)):
+        if value is not None and value <= floor:  # no amount of data reaches the asymptote, let alone below it
+            raise ScarceError(f"{option} {value:g} is not above the data law's asymptote E = {floor:.6g}; "
+                              "no amount of data reaches it")
     ratio = data_efficiency(loss, tokens, data_law, baseline_loss=baseline_loss)
     effective = effective_data(loss, data_law)
     source = str(fit_json) if fit_json else "published parameters"
@@ -324,6 +351,8 @@ def _data_law(fit_json: Optional[Path], name: str, params: list[str]) -> PowerLa
     if missing or unknown:
         raise ScarceError("the power data law needs --param for each of E, A, alpha; "
                           + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"))
+    for name, value in given.items():
+        check_number(value, f"--param {name}", inclusive=name == "E")  # E ≥ 0; A and alpha > 0
     data_law.to_fitted(given)  # scales must be > 0
     data_law.params_ = given
     return data_law

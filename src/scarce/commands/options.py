@@ -3,6 +3,8 @@ that reads a config or runs many runs takes the same way."""
 
 import contextlib
 import json
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -75,3 +77,47 @@ def write_json(data: dict, path: Path) -> None:
     from scarce.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+
+
+def check_output_file(path: Optional[Path], option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Before any work: the file `option` names can be written (its folder exists and is writable, it is not
+    a folder, it has one of `suffixes` when given), so a long computation never ends in a failed write."""
+    if path is None:
+        return
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ScarceError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ScarceError(f"{option} {path} is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ScarceError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ScarceError(f"{option} {path} cannot be written: {folder if not path.exists() else path} is read-only")
+
+
+def check_output_dir(path: Optional[Path], option: str) -> None:
+    """Before any work: the directory `option` names is one, or can be made under a writable folder."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise ScarceError(f"{option} {path} is a file; give a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ScarceError(f"{option} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScarceError(f"{option} {path} cannot be written: {existing} is read-only")
+
+
+def check_number(value: Optional[float], option: str, minimum: float = 0.0, inclusive: bool = False) -> None:
+    """A finite number above `minimum` (or at least it, `inclusive`); None passes (the option was not given)."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+        raise ScarceError(f"{option} must be a finite number {bound}, got {value:g}")
+
+
+# what matplotlib writes without extra packages (report.save_figure picks the format from the suffix)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")

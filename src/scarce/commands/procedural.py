@@ -8,7 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from scarce.commands.options import console
+from scarce.commands.options import check_output_file, console
+
+# What `procedural sample` draws at most (n × tokens per example): a few hundred MB of int64 as it is built.
+MAX_SAMPLE_TOKENS = 2**25
 
 
 def list_tasks():
@@ -50,9 +53,12 @@ def sample(
 
     if n < 1:
         raise ScarceError(f"-n must be at least 1, got {n}")
-    if out is not None and not out.parent.is_dir():
-        raise ScarceError(f"--out {out}: folder {out.parent} does not exist")
+    check_output_file(out, "--out")
     chosen = get_task(task, parse_params(params or []))
+    if n * chosen.example_tokens > MAX_SAMPLE_TOKENS:  # refused up front, not a MemoryError minutes later
+        raise ScarceError(f"{n} examples of {chosen.example_tokens:,} tokens ({chosen.name} {chosen.params()}) are "
+                          f"{n * chosen.example_tokens:,} tokens, more than the {MAX_SAMPLE_TOKENS:,} this draws at once; "
+                          "lower -n or the task's length")
     examples = chosen.generate(np.random.default_rng(seed), n)
     if out is not None:
         lines = [

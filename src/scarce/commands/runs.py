@@ -12,7 +12,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from scarce import runs
-from scarce.commands.options import console
+from scarce.commands.options import check_output_file, console
 from scarce.errors import ScarceError
 from scarce.runs_jsonl import read_runs_jsonl
 
@@ -24,7 +24,8 @@ def runs_(
     columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns to show/export")] = None,
     reindex: Annotated[bool, typer.Option(help="Rebuild the index from the run directories first")] = False,
 ):
-    """List and filter runs; export them as CSV for `scarce fit`."""
+    """List and filter runs; export them as CSV for `scarce fit`. A run whose process is gone shows as crashed."""
+    check_output_file(csv, "--csv")
     if runs_dir.suffix == ".jsonl":  # a study's compact record (scarce.runs_jsonl): the same rows
         if reindex:
             raise ScarceError(f"--reindex rebuilds a runs directory's index; {runs_dir} is a runs.jsonl, which has none")

@@ -10,7 +10,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scarce.commands.options import ExecutorName, ExecutorOptions, Live, Threads, Workers, build_executor, console, resumable
+from scarce.commands.options import (
+    ExecutorName,
+    ExecutorOptions,
+    Live,
+    Threads,
+    Workers,
+    build_executor,
+    check_number,
+    check_output_file,
+    console,
+    resumable,
+)
 from scarce.errors import ScarceError
 
 
@@ -160,6 +171,9 @@ def plan_specialize(
     from scarce.laws.io import write_json
     from scarce.laws.specialization import SCHEMA, fitted_laws, plan_specialization
 
+    check_number(flops, "--flops")
+    check_number(params, "--params")
+    check_output_file(json_out, "--json")
     first = Path(fit_json[0].rpartition("=")[2])
     if not first.is_file():
         raise ScarceError(f"fit file {first} does not exist (write it with `scarce specialize` or `scarce fit --json`)")

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scarce.commands.options import ExecutorName, ExecutorOptions, Live, Threads, Workers, build_executor, console, resumable
+from scarce.commands.options import (
+    ExecutorName,
+    ExecutorOptions,
+    Live,
+    Threads,
+    Workers,
+    build_executor,
+    check_number,
+    check_output_dir,
+    console,
+    resumable,
+)
 from scarce.errors import ScarceError
 
 
@@ -16,6 +27,7 @@ def _whole(option: str, value: Optional[float]) -> Optional[int]:
     """1e6 on the command line is a float; a token count must still be a whole number."""
     if value is None:
         return None
+    check_number(value, option)
     if value != int(value):
         raise ScarceError(f"{option} must be a whole number of tokens, got {value:g}")
     return int(value)
@@ -46,9 +58,15 @@ def study(
 
     if workers is not None and workers < 1:  # before anything is built
         raise ScarceError(f"--workers must be at least 1, got {workers}")
+    check_number(flops, "--flops")
+    check_number(budget_hours, "--budget-hours")
+    if bootstrap < 0:
+        raise ScarceError(f"--bootstrap must be at least 0, got {bootstrap}")
+    check_output_dir(out, "--out")
+    unique = _whole("--unique-tokens", unique_tokens)
     chosen = build_executor(executor, workers, threads, executor_option)
     with resumable():
-        results = run(corpus, flops, out, _whole("--unique-tokens", unique_tokens), budget_hours, chosen, workers,
+        results = run(corpus, flops, out, unique, budget_hours, chosen, workers,
                       threads, list(overrides or []), intervention, bootstrap, console=console, live=live)
     from scarce.studies.study.estimates import format_multiplier
     from scarce.studies.study.report import headline

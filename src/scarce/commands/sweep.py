@@ -41,7 +41,12 @@ def sweep(
     base = load_run_config(config, overrides)
     parse_grid(grid or [], base)  # bad grids are reported before the executor starts anything
     with resumable():
-        run_sweep(base, grid or [], build_executor(executor, workers, threads, executor_option), name, console, live)
+        outcomes = run_sweep(base, grid or [], build_executor(executor, workers, threads, executor_option), name,
+                             console, live)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:  # the table above shows them; the exit code says it to scripts
+        raise ScarceError(f"{len(failed)} of {len(outcomes)} runs failed (logs in {base.runs_dir}/sweeps/*/logs); "
+                          "run the same command again to retry them")
 
 
 def _values(option: str, text: Optional[str], cast) -> list | None:

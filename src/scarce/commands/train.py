@@ -14,16 +14,26 @@ def train(
     config: ConfigArg = None,
     overrides: Overrides = None,
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to continue from its newest checkpoint")] = None,
+    restart: Annotated[Optional[Path], typer.Option(
+        help="Run directory to start over from step 0 with its saved config (a crashed run with no intact "
+             "checkpoint); the old directory is set aside in RUNS_DIR/.set-aside/, not deleted")] = None,
     branch_from: Annotated[Optional[str], typer.Option(
         help="RUN_DIR@STEP: a decay branch continuing that run's training state (docs/specialization.md)")] = None,
     progress: bool = True,
 ):
     """Train one model for E epochs over D unique tokens."""
+    from scarce.train.trainer import restart as restart_run
     from scarce.train.trainer import resume as resume_run
     from scarce.train.trainer import train as train_run
 
     config, overrides = config_and_overrides(config, overrides)
-    if resume is not None:
+    if sum(option is not None for option in (resume, restart, branch_from)) > 1:
+        raise ScarceError("give at most one of --resume, --restart and --branch-from")
+    if restart is not None:
+        if config is not None or overrides:
+            raise ScarceError("--restart starts a run over with its saved config; pass no config or overrides with it")
+        restart_run(restart, progress=progress)
+    elif resume is not None:
         if config is not None or overrides:
             raise ScarceError("--resume continues a run with its saved config; pass no config or overrides with it")
         resume_run(resume, progress=progress)

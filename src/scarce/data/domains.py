@@ -47,7 +47,7 @@ from scarce.data.store import (
 )
 from scarce.data.tokenizer import Tokenizer
 from scarce.errors import ScarceError
-from scarce.paths import scarce_home
+from scarce.paths import scarce_home, writable_dir
 
 # Bump when the domain store's layout changes, so stores built the old way are not reused.
 DOMAIN_STORE_VERSION = 1
@@ -113,6 +113,7 @@ def prepare_domain_store(
           f"{key_vocab}:{val_fraction!r}:{split_seed}"
     target = root / f"domains-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (target / "complete").is_file():
+        writable_dir(root, "the token store cache ($SCARCE_HOME/data)")
         _build(target, sources, prints, tokenizer, vocab_size, val_fraction, split_seed, text_field, bpe_sample_bytes,
                root, workers or default_workers())
     return DomainStore(target, {name: open_store(target / name) for name in sources})

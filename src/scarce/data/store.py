@@ -45,7 +45,7 @@ from scarce.atomic import make_temp_dir, write_bytes_atomic, write_json_atomic
 from scarce.data.corpora import DEFAULT_TEXT_FIELD, Piece, corpus_fingerprint, corpus_name, corpus_pieces, piece_documents
 from scarce.data.tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
 from scarce.errors import ScarceError
-from scarce.paths import scarce_home
+from scarce.paths import scarce_home, writable_dir
 
 # Bump when the layout or the split rule changes, so stores built the old way are not reused.
 # 2: meta.json records each validation document's UTF-8 bytes (val_document_bytes), for exact bits/byte.
@@ -583,6 +583,7 @@ def prepare_store(
     if (target / "meta.json").is_file():
         return open_store(target)
 
+    writable_dir(root, "the token store cache ($SCARCE_HOME/data)")
     console = Console(stderr=True)
     with tokenizing_progress(console) as progress:
         corpus = scan_corpus(source, val_fraction, split_seed, work_dir(target), text_field=text_field,

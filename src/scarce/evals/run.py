@@ -1,10 +1,10 @@
 """Score a finished (or checkpointed) run on its validation split."""
 
-import json
 from pathlib import Path
 
 import torch
 
+from scarce import runs
 from scarce.checkpoint import load_latest_checkpoint
 from scarce.config import RunConfig
 from scarce.data.domains import DomainStore, domain_budgets, mixture_weights
@@ -19,10 +19,9 @@ def load_run_model(run_dir: Path) -> tuple[RunConfig, Transformer, TokenStore | 
     """The run's config, its model with the newest intact checkpoint's weights (on the CPU), its token store
     and the checkpoint's path."""
     run_dir = Path(run_dir)
-    try:
-        config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ScarceError(f"{run_dir} is not a run directory: config.json is missing or unreadable ({e})") from None
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise ScarceError(f"{run_dir} is not a run directory: it has no config.json")
+    config = runs.load_run_config(run_dir)  # unreadable or invalid: an error naming the file and the keys
     found = load_latest_checkpoint(run_dir / "checkpoints")
     if found is None:
         raise ScarceError(f"{run_dir} has no checkpoint to evaluate")

@@ -27,6 +27,9 @@ def parse_params(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ScarceError(f"task parameter {item!r} must look like key=value, e.g. k=64")
+        if key.strip() in params:
+            raise ScarceError(f"task parameter {key.strip()} is given twice ({key.strip()}={params[key.strip()]} "
+                              f"and {item}); give it once")
         params[key.strip()] = value.strip()
     return params
 

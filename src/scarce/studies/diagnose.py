@@ -124,11 +124,27 @@ def tokens_to_loss(run_dir: Path, target: float) -> int | None:
     return None
 
 
+def _validation_data(config: RunConfig) -> dict:
+    """What a validation loss is measured on: the corpus and its tokenization, or the procedural task."""
+    identity = {f"data.{k}": v for k, v in config.data.model_dump(mode="json").items()
+                if k in ("source", "corpus", "tokenizer", "vocab_size", "val_fraction", "split_seed", "eval_tokens")}
+    if config.data.source == "procedural":
+        identity["procedural"] = config.procedural.model_dump(mode="json")
+    return identity
+
+
 def data_fractions(run_dirs: list[Path], target: float | None = None) -> tuple[float, list[dict]]:
     """Tokens to reach `target` (default: the first run's final validation loss) for each run, and each as a
     fraction of the first run's: with the run without warm-up first, the paper's "percentage of data"."""
     if not run_dirs:
         raise ScarceError("name at least one run directory (the run without warm-up first)")
+    data = {Path(run_dir): _validation_data(runs.load_run_config(run_dir)) for run_dir in run_dirs}
+    first = Path(run_dirs[0])
+    for run_dir, identity in data.items():
+        if identity != data[first]:  # losses in different vocabularies (or on other text) do not compare
+            differ = sorted(k for k in identity.keys() | data[first].keys() if identity.get(k) != data[first].get(k))
+            raise ScarceError(f"{run_dir} was trained on other data than {first} (they differ in {', '.join(differ)}); "
+                              "tokens to a loss compare only runs on the same data and vocabulary")
     if target is None:
         target = runs.read_summary(run_dirs[0]).get("final_val_loss")
         if target is None:

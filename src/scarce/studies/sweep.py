@@ -10,8 +10,10 @@ a hash of the resolved config without `name` and `runs_dir`; `study` is part of 
 never share runs). For each requested config:
 
 - a run with that key that completed or diverged is a result, read back and not run again;
-- an unfinished run (killed, failed, interrupted) with a checkpoint is resumed from its newest one;
-- an unfinished run without a checkpoint yet is deleted (and dropped from the index) and started over.
+- an unfinished run (killed, failed, interrupted) with an intact checkpoint is resumed from its newest one;
+- an unfinished run without a checkpoint yet is deleted (and dropped from the index) and started over;
+- a run whose summary.json is unreadable, or whose checkpoints are all damaged, is set aside whole
+  (`scarce.runs.set_aside`, never deleted) and started over; it never stops the other runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -43,7 +46,8 @@ from scarce.atomic import write_json_atomic
 from scarce.config import RunConfig, parse_override, resolve_config
 from scarce.errors import ScarceError
 from scarce.executors import Executor, Job, RunResult
-from scarce.runs import FINAL_STATUSES, run_key, run_status, runs_by_key
+from scarce.paths import writable_dir
+from scarce.runs import DAMAGED, FINAL_STATUSES, run_key, run_status, runs_by_key
 
 SWEEPS_DIR = "sweeps"
 NOT_SWEEPABLE = ("name", "runs_dir", "study")  # labels and places, not settings
@@ -168,6 +172,7 @@ class Study:
         self._noted = False  # the checkpoint_every note is said once per study, not once per tuning step
 
     def __enter__(self) -> Study:
+        writable_dir(self.runs_dir, "runs_dir")
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = open(self.dir / "lock", "a+")
         try:
@@ -230,18 +235,29 @@ class Study:
         outcomes: dict[str, Outcome] = {}
         jobs: list[Job] = []
         stale: list[Path] = []
+        damaged: dict[Path, str] = {}  # run dir: what is wrong with it
         for key, config, point in zip(keys, configs, points):
             if key in outcomes:
                 continue  # the same run asked for twice
             dirs = existing.get(key, [])
+            for d in dirs:
+                if run_status(d) == DAMAGED:
+                    damaged[d] = f"{runs.SUMMARY_FILE} is unreadable"
+            dirs = [d for d in dirs if d not in damaged]
             finished = [d for d in dirs if run_status(d) in FINAL_STATUSES]
             if finished:
                 outcomes[key] = _outcome_of(key, point, finished[0], reused=True)
                 continue
-            # Unfinished: resume the most advanced run that has a checkpoint; the rest start over.
-            resumable = sorted((d for d in dirs if _newest_checkpoint(d)), key=_newest_checkpoint)
+            # Unfinished: resume the most advanced run with an intact checkpoint; the rest start over. A run
+            # whose checkpoints are all damaged is set aside (kept), one without any is deleted.
+            intact = {d: _newest_intact_checkpoint(d) for d in dirs}
+            resumable = sorted((d for d in dirs if intact[d]), key=intact.get)
             resume_dir = resumable[-1] if resumable else None
-            stale += [d for d in dirs if d != resume_dir]
+            for d in dirs:
+                if d != resume_dir and not intact[d] and _newest_checkpoint(d):
+                    damaged[d] = "no intact checkpoint"
+                elif d != resume_dir:
+                    stale.append(d)
             outcomes[key] = Outcome(key, dict(point), "pending", resume_dir)
             jobs.append(Job(config, resume_dir, log_path=self.dir / "logs" / f"{key}.log"))
         if any(job.config.train.checkpoint_every == 0 for job in jobs) and not self._noted:
@@ -249,12 +265,17 @@ class Study:
             console.print("[yellow]note:[/yellow] train.checkpoint_every=0, so a run interrupted mid-way starts over; "
                           "set it (in steps) to resume such runs mid-way")
         index = runs.RunIndex(self.runs_dir)
+        for path, problem in damaged.items():
+            moved = runs.set_aside(path, f"{problem}; study {self.name} started this run over")
+            console.print(f"[yellow]set aside[/yellow] damaged run {escape(path.name)} ({problem}) in "
+                          f"{escape(str(moved.parent))}; it starts over", highlight=False)
+        for path in stale:
+            shutil.rmtree(path)
         if stale:
-            for path in stale:
-                shutil.rmtree(path)
-            index.reindex()  # their rows go with them
             console.print(f"removed {len(stale)} unfinished run(s) of {self.name} with no checkpoint to resume from; "
                           "they start over")
+        if stale or damaged:
+            index.reindex()  # their rows go with them
         # A run killed between writing its summary and recording it leaves a stale index row; the run
         # directory is the truth, so finished runs are re-recorded where the index disagrees.
         indexed = {row["run_id"]: row.get("status") for row in index.rows()}
@@ -300,16 +321,32 @@ def _newest_checkpoint(run_dir: Path) -> str:
     return found[0].name if found else ""
 
 
+def _newest_intact_checkpoint(run_dir: Path) -> str:
+    """Name of the newest checkpoint whose files match their manifest, or "" if none does."""
+    from scarce.checkpoint import checkpoint_dirs, verify_checkpoint
+
+    for path in checkpoint_dirs(Path(run_dir) / runs.CHECKPOINTS_DIR):
+        try:
+            verify_checkpoint(path)
+        except ScarceError:
+            continue
+        return path.name
+    return ""
+
+
 def _outcome_of(key: str, point: dict, run_dir: Path | None, reused: bool = False,
                 result: RunResult | None = None) -> Outcome:
-    summary = {}
+    summary, error = {}, result.error if result else None
     if run_dir is not None and (Path(run_dir) / runs.SUMMARY_FILE).is_file():
-        summary = runs.read_summary(run_dir)
+        try:
+            summary = runs.read_summary(run_dir)
+        except ScarceError as e:  # damaged since: this run failed; the next invocation sets it aside
+            summary, error = {"status": "failed"}, str(e)
     status = summary.get("status") or (result.status if result else "failed")
     if result is not None and result.status == "failed" and status == "running":
         status = "failed"  # the worker died before the trainer could say so
     return Outcome(key, dict(point), status, Path(run_dir) if run_dir else None, summary.get("final_val_loss"),
-                   summary.get("best_val_loss"), result.error if result else None, reused)
+                   summary.get("best_val_loss"), error, reused)
 
 
 # ---------------------------------------------------------------- the live display

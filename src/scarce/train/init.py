@@ -11,6 +11,8 @@ agree on everything that shapes the trajectory, and the trainer loads the state.
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.text import Text
 
 from scarce import runs
 from scarce.checkpoint import checkpoint_dirs, load_latest_checkpoint, read_checkpoint
@@ -25,7 +27,8 @@ def load_source_checkpoint(cfg: InitConfig) -> tuple[dict, dict, int]:
     source = Path(cfg.from_run)
     runs.read_config(source)  # a clear error when it is not a run directory
     if cfg.checkpoint_step is None:
-        found = load_latest_checkpoint(source / runs.CHECKPOINTS_DIR, warn=lambda message: None)
+        # the newest checkpoint is damaged: say so where the user looks, not only in init.checkpoint_step
+        found = load_latest_checkpoint(source / runs.CHECKPOINTS_DIR, warn=_warn)
         if found is None:
             raise ScarceError(f"init.from_run={source} has no checkpoint to start from")
         path, weights, state = found
@@ -37,6 +40,10 @@ def load_source_checkpoint(cfg: InitConfig) -> tuple[dict, dict, int]:
                               f"(it has {kept}; train.checkpoint_steps keeps a step's checkpoint)")
         weights, state = read_checkpoint(path)
     return weights, state, int(path.name.removeprefix("step_"))
+
+
+def _warn(message: str) -> None:
+    Console(stderr=True).print(Text.assemble(("warning: ", "yellow"), f"init.from_run: {message}"))
 
 
 def tokens_seen_at(source: Path, state: dict, step: int) -> int:

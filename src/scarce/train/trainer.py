@@ -14,6 +14,7 @@ Reading order: `train_step` (one optimizer step), `_run` (the loop), `_set_up` (
 import json
 import math
 import subprocess
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import scarce
@@ -37,6 +39,7 @@ from scarce.data.store import EvalSample, TokenStore
 from scarce.errors import ScarceError
 from scarce.evals.score import score
 from scarce.model import ModelShape, Transformer, model_shape
+from scarce.paths import writable_dir
 from scarce.train.distributed import Distributed, broadcast, pick_device, setup_distributed
 from scarce.train.init import continuation, initialize
 from scarce.train.objectives import build_objective
@@ -84,6 +87,8 @@ class Run:
     last_eval: dict | None = None
     started: float = 0.0  # perf_counter at step 0, shifted back by the wall time of earlier sessions
     throughput: dict = field(default_factory=lambda: {"tokens": 0, "since": time.perf_counter(), "fetch_seconds": 0.0})
+    lock: object = None  # the run's lock file while this process writes it (rank 0)
+    heartbeat: object = None
 
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -134,6 +139,7 @@ def _stand_in(empty: Batch) -> Batch:
 def train(config: RunConfig, progress: bool = True) -> Path:
     """Start a new run from `config`; returns the run directory. A stage the config asks for first (a
     procedural warm-up, scarce.train.warmup) is trained, or reused when it already has been."""
+    writable_dir(config.runs_dir, "runs_dir")  # before any work, not a traceback after it
     run_stages_before(config, train, resume, progress)
     with _ordered_kernels(config):
         return _run(config, run_dir=None, progress=progress)
@@ -143,17 +149,31 @@ def resume(run_dir: Path, progress: bool = True) -> Path:
     """Continue the run in `run_dir` from its newest intact checkpoint, with its saved config."""
     run_dir = Path(run_dir)
     try:
-        saved = json.loads((run_dir / runs.CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScarceError(f"cannot resume {run_dir}: its config.json is missing or unreadable ({e})") from None
     summary = runs.read_summary(run_dir) if (run_dir / runs.SUMMARY_FILE).exists() else {}
     if summary.get("status") == "completed":
         raise ScarceError(
             f"{run_dir} is already complete (final val loss {summary.get('final_val_loss')}); nothing to resume"
         )
-    config = RunConfig.model_validate(saved)
+    config = runs.load_run_config(run_dir)
     with _ordered_kernels(config):
         return _run(config, run_dir=run_dir, progress=progress)
+
+
+def restart(run_dir: Path, progress: bool = True) -> Path:
+    """Start the run in `run_dir` over from step 0 with its saved config, as a new run; the old directory is
+    set aside (`<runs_dir>/.set-aside/`), not deleted. For a run that crashed with no intact checkpoint."""
+    run_dir = Path(run_dir)
+    config = runs.load_run_config(run_dir)
+    if runs.run_status(run_dir) in runs.FINAL_STATUSES:
+        raise ScarceError(f"{run_dir} has finished ({runs.run_status(run_dir)}); a finished run is not started over")
+    runs.lock_run(run_dir).close()  # a run some process is still writing is not set aside under it
+    moved = runs.set_aside(run_dir, "started over with scarce train --restart")
+    runs.RunIndex(run_dir.parent).reindex()  # its row goes with it
+    Console(stderr=True).print(f"set {run_dir.name} aside in {moved.parent}; starting it over", highlight=False)
+    return train(config, progress=progress)
 
 
 @contextmanager
@@ -182,6 +202,14 @@ def _compiles(cfg, device: torch.device) -> bool:
 
 def _run(config: RunConfig, run_dir: Path | None, progress: bool) -> Path:
     run = _set_up(config, run_dir)
+    try:
+        return _train_loop(run, progress)
+    finally:
+        _release(run)
+
+
+def _train_loop(run: Run, progress: bool) -> Path:
+    config = run.config
     bar = Progress(
         TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(), console=run.console, disable=not (progress and run.ctx.is_main), transient=True,
@@ -264,7 +292,7 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
         "unique_tokens": source.unique_tokens,  # the tokens trained on: a budget's tail shorter than a sequence is not
         "unique_tokens_budget": _budget_tokens(config, store, source), "steps_total": source.steps,
         "epochs": cfg.epochs if isinstance(source, EpochLoader) and cfg.tokens is None else source.epochs_completed(source.steps),
-        "init": init_record,
+        "init": init_record, "owner": runs.owner(),  # with the heartbeat file, tells a crashed run from a running one
     }
     eval_sample = store.eval_sample(config.data.eval_tokens)
     run = Run(config, ctx, device, store, eval_sample, source, shape, model, wrapped, optimizer, objective, run_dir, summary, console)
@@ -273,24 +301,77 @@ def _set_up(config: RunConfig, run_dir: Path | None) -> Run:
             runs.create_run_dir(config.runs_dir, config.name, config.model_dump(mode="json")) if ctx.is_main else None,
             ctx,
         )
-    else:
-        _restore(run)
-    if continued is not None:
-        weights, state, step = continued
-        _load_state(run, weights, state)
-        run.source.step = step  # the source's data position (a source is addressable by step)
-        run.summary["init"] = {"from_run": config.init.from_run.name, "from_path": str(config.init.from_run.resolve()),
-                               "checkpoint_step": step, "mode": "continue"}
-    run.summary["run_id"] = run.run_dir.name
-    run.started = time.perf_counter() - run.summary.get("wall_seconds", 0.0)
-    if ctx.is_main:
-        runs.write_summary(run.run_dir, run.summary)
-        runs.RunIndex(run.run_dir.parent).record(run.run_dir)
-        console.print(
-            f"run {run.run_dir}\n  {shape.total_params():,} params ({shape.non_embedding_params():,} non-embedding), "
-            f"{source.unique_tokens:,} unique tokens × {summary['epochs']:g} epochs = {source.steps} steps on {summary['device']}"
-        )
+    if ctx.is_main:  # one writer per run: a second resume stops here, before anything is written
+        run.lock = runs.lock_run(run.run_dir)
+    try:
+        if run_dir is not None:
+            _restore(run)
+        if continued is not None:
+            weights, state, step = continued
+            _load_state(run, weights, state)
+            run.source.step = step  # the source's data position (a source is addressable by step)
+            run.summary["init"] = {"from_run": config.init.from_run.name, "from_path": str(config.init.from_run.resolve()),
+                                   "checkpoint_step": step, "mode": "continue"}
+        run.summary["run_id"] = run.run_dir.name
+        run.started = time.perf_counter() - run.summary.get("wall_seconds", 0.0)
+        if ctx.is_main:
+            run.heartbeat = _Heartbeat(run.run_dir)
+            runs.write_summary(run.run_dir, run.summary)
+            runs.RunIndex(run.run_dir.parent).record(run.run_dir)
+            console.print(
+                f"run {run.run_dir}\n  {shape.total_params():,} params ({shape.non_embedding_params():,} non-embedding), "
+                f"{source.unique_tokens:,} unique tokens × {summary['epochs']:g} epochs = {source.steps} steps on {summary['device']}"
+            )
+    except BaseException as e:  # the run does not stay "running" for ever: it failed to start
+        if ctx.is_main:
+            _failed_to_start(run, e)
+        _release(run)
+        raise
     return run
+
+
+class _Heartbeat:
+    """Touches the run's heartbeat file every runs.HEARTBEAT_SECONDS from a daemon thread, so `scarce runs`
+    can tell a run whose process died on another host (its pid says so on this one)."""
+
+    def __init__(self, run_dir: Path):
+        self._stop = threading.Event()
+        runs.touch_heartbeat(run_dir)
+        threading.Thread(target=self._beat, args=(run_dir,), daemon=True, name="scarce-heartbeat").start()
+
+    def _beat(self, run_dir: Path) -> None:
+        while not self._stop.wait(runs.HEARTBEAT_SECONDS):
+            try:
+                runs.touch_heartbeat(run_dir)
+            except OSError:
+                pass  # the run directory went away (set aside, moved): nothing left to beat for
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _release(run: Run) -> None:
+    if run.heartbeat is not None:
+        run.heartbeat.stop()
+        run.heartbeat = None
+    if run.lock is not None:
+        run.lock.close()  # closing releases the flock
+        run.lock = None
+
+
+def _failed_to_start(run: Run, error: BaseException) -> None:
+    """Mark a run whose set-up failed (new or resumed) as failed, in its summary and, if it can, the index."""
+    path = run.run_dir / runs.SUMMARY_FILE
+    try:
+        summary = runs.read_summary(run.run_dir) if path.exists() else {**run.summary, "run_id": run.run_dir.name}
+    except ScarceError:
+        return  # a damaged summary stays as it is, for the sweep to set aside
+    summary.update(status="failed", finished_at=now(), error=f"{type(error).__name__}: {error}")
+    try:
+        runs.write_summary(run.run_dir, summary)
+        runs.RunIndex(run.run_dir.parent).record(run.run_dir)
+    except (ScarceError, OSError):
+        pass  # the summary says it; the index is rebuilt from it
 
 
 def tokens_per_step(config: RunConfig) -> int:
@@ -318,9 +399,14 @@ def _load_state(run: Run, model_state: dict, state: dict) -> None:
 
 def _restore(run: Run) -> None:
     """Load the newest intact checkpoint of a resumed run; keep its summary's history."""
-    found = load_latest_checkpoint(run.run_dir / runs.CHECKPOINTS_DIR, warn=lambda msg: run.console.print(f"[yellow]{msg}"))
+    try:
+        found = load_latest_checkpoint(run.run_dir / runs.CHECKPOINTS_DIR,
+                                       warn=lambda msg: run.console.print(f"[yellow]{escape(msg)}"))
+    except ScarceError as e:
+        raise ScarceError(f"cannot resume {run.run_dir}: {e}\nstart it over with: scarce train --restart {run.run_dir}") from None
     if found is None:
-        raise ScarceError(f"cannot resume {run.run_dir}: it has no checkpoint")
+        raise ScarceError(f"cannot resume {run.run_dir}: it has no checkpoint; start it over with: "
+                          f"scarce train --restart {run.run_dir}")
     path, model_state, state = found
     _load_state(run, model_state, state)
     run.source.load_state_dict(state["loader"])
