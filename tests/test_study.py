@@ -219,13 +219,13 @@ def test_an_interrupted_study_finishes_without_repeating_runs(tiny_study):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["kjv", "--flops", "0"], "--flops must be a positive number of training FLOPs, got 0"),
-    (["kjv", "--flops", "-1e18"], "--flops must be a positive number of training FLOPs, got -1e+18"),
+    (["kjv", "--flops", "0"], "--flops must be a finite number above 0, got 0"),
+    (["kjv", "--flops", "-1e18"], "--flops must be a finite number above 0, got -1e+18"),
     (["no-such-corpus", "--flops", "1e18"], "unknown corpus 'no-such-corpus'"),
     (["kjv", "--flops", "1e18", "--unique-tokens", "1e12"], "--unique-tokens 1,000,000,000,000 exceeds the"),
     (["kjv", "--flops", "1e18", "--workers", "0"], "--workers must be at least 1, got 0"),
     (["kjv", "--flops", "1e18", "--intervention", "dropout"], "unknown intervention 'dropout'"),
-    (["kjv", "--flops", "1e18", "--budget-hours", "0"], "--budget-hours must be positive, got 0"),
+    (["kjv", "--flops", "1e18", "--budget-hours", "0"], "--budget-hours must be a finite number above 0, got 0"),
 ])
 def test_bad_input_is_one_error_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"
