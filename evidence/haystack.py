@@ -75,8 +75,13 @@ def _run_dir(runs_dir: Path, entry: dict) -> Path | None:
 
 
 def collect(runs_dirs: list[Path], out: Path) -> dict:
-    arms = {}
-    for runs_dir, key, entry in [(d, k, e) for d in runs_dirs for k, e in json.loads((d / INDEX).read_text()).items()]:
+    arms, warmups = {}, {}
+    for warmup_dir in sorted(p for d in runs_dirs for p in d.glob("warmup-*") if p.is_dir()):  # finished or not
+        logged = [r["step"] for r in runs.read_metrics(warmup_dir) if "step" in r]
+        warmups[warmup_dir.name] = {"steps_done": max(logged, default=0), "steps_total": runs.read_summary(warmup_dir)["steps_total"],
+                                    "status": runs.read_summary(warmup_dir)["status"]}
+    indexed = [(d, k, e) for d in runs_dirs if (d / INDEX).exists() for k, e in json.loads((d / INDEX).read_text()).items()]
+    for runs_dir, key, entry in indexed:
         run_dir = _run_dir(runs_dir, entry)
         if run_dir is None:
             continue
@@ -84,10 +89,11 @@ def collect(runs_dirs: list[Path], out: Path) -> dict:
         summary = runs.read_summary(run_dir)
         steps_total = summary["steps_total"]
         reached = curve[-1][0] if curve else 0
+        trained = max((r["step"] for r in runs.read_metrics(run_dir) if "step" in r), default=0)
         arms[key] = {
             "run": run_dir.name, "status": summary["status"], "warmup": Path(entry["warmup"]).name if entry["warmup"] else None,
             "warmup_steps": runs.read_summary(Path(entry["warmup"]))["steps"] if entry["warmup"] else None,
-            "steps_total": steps_total, "steps_evaluated": reached,
+            "steps_total": steps_total, "steps_trained": trained, "steps_evaluated": reached,
             "fraction_of_protocol": reached / PAPER_STEPS,
             "final_accuracy": curve[-1][1] if curve else None,
             "first_step_at_or_above": {str(level): next((s for s, a in curve if a >= level), None) for level in (0.5, 0.9)},
@@ -98,16 +104,16 @@ def collect(runs_dirs: list[Path], out: Path) -> dict:
                      "optim": "lr 1e-3 cosine, 500 warm-up steps, weight decay 0.001", "eval_every": EVAL_EVERY,
                      "heldout_examples": 4000, "warmup": {"task": "dyck", "params": DYCK, "steps": WARMUP_STEPS,
                                                           "batch": PAPER_BATCH}},
-        "paper": PAPER_HAYSTACK, "chance": HAYSTACK_CHANCE, "arms": arms,
+        "paper": PAPER_HAYSTACK, "chance": HAYSTACK_CHANCE, "arms": arms, "warmups": warmups,
     }
     write_json_atomic(out, result)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (key, arm) in enumerate(arms.items()):
         ax.plot([p["step"] for p in arm["curve"]], [p["accuracy"] for p in arm["curve"]], color=f"C{i}", marker="o",
                 markersize=2, label=f"{key} ({arm['fraction_of_protocol']:.0%} of the protocol)")
-    for arm, accuracy in PAPER_HAYSTACK.items():
+    for (arm, accuracy), (x, va) in zip(PAPER_HAYSTACK.items(), [(1.0, "bottom"), (1.0, "bottom"), (0.6, "top")]):
         ax.axhline(accuracy, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"paper, {arm}: {accuracy:.1%}", (PAPER_STEPS, accuracy), ha="right", va="bottom", fontsize=7)
+        ax.annotate(f"paper, {arm}: {accuracy:.1%}", (x * PAPER_STEPS, accuracy), ha="right", va=va, fontsize=7)
     for label, accuracy in HAYSTACK_CHANCE.items():
         ax.axhline(accuracy, color="black", linestyle="--", linewidth=0.8)
         ax.annotate(f"chance, {label}: {accuracy:.1%}", (0, accuracy), ha="left", va="bottom", fontsize=7)
@@ -134,7 +140,9 @@ def main():
     if args.what == "run":
         run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
     else:
-        print(json.dumps(collect(args.runs_dir, args.out)["arms"], indent=1)[:3000])
+        result = collect(args.runs_dir, args.out)
+        print(json.dumps({"warmups": result["warmups"], **{k: {**a, "curve": a["curve"][-3:]} for k, a in result["arms"].items()}},
+                         indent=1))
 
 
 if __name__ == "__main__":
