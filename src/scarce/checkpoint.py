@@ -19,6 +19,7 @@ from safetensors.torch import save as save_safetensors
 
 from scarce.atomic import write_json_atomic
 from scarce.errors import ScarceError
+from scarce.processes import pid_alive
 
 FILES = ("model.safetensors", "state.pt")
 
@@ -90,21 +91,11 @@ def remove_stale_temp_dirs(root: Path) -> list[Path]:
     removed = []
     for tmp in root.glob(".tmp-step_*-*"):
         pid = tmp.name.rpartition("-")[2]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(tmp)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from scarce.config import RunConfig
 from scarce.errors import ScarceError
+from scarce.processes import pid_alive
 from scarce.runs import run_key, run_status, runs_by_key
 
 # ---------------------------------------------------------------- jobs and results
@@ -212,22 +213,9 @@ def _exit_with(driver_pid: int, every_seconds: float = 0.5) -> None:
     not of its process group) would otherwise leave its workers training unattended, and a re-run of
     the study would resume the very runs they are still writing. The run in flight stays `running` in
     its summary and resumes from its newest checkpoint on the re-run."""
-    while _alive(driver_pid):
+    while pid_alive(driver_pid):
         time.sleep(every_seconds)
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a killed driver its parent has not reaped yet is a zombie, as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _worker_context():

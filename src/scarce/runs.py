@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from scarce.atomic import make_temp_dir, write_bytes_atomic
 from scarce.config import RunConfig
 from scarce.errors import ScarceError, format_validation_error
+from scarce.processes import pid_alive
 
 INDEX_FILE = "index.sqlite"
 CONFIG_FILE = "config.json"
@@ -256,13 +257,7 @@ def owner_alive(run_dir: Path, summary: dict) -> bool:
     if not isinstance(who, dict):
         return True
     if who.get("host") == socket.gethostname() and isinstance(who.get("pid"), int):
-        try:
-            os.kill(who["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # alive, another user's
-        return True
+        return pid_alive(who["pid"])
     try:
         age = time.time() - (Path(run_dir) / HEARTBEAT_FILE).stat().st_mtime
     except OSError:
