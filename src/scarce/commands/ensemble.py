@@ -16,9 +16,9 @@ from scarce.commands.options import (
     console,
     executor_options,
     load_run_config,
-    write_json,
 )
 from scarce.errors import ScarceError
+from scarce.laws.io import write_json
 
 
 def ensemble_train(

@@ -2,7 +2,6 @@
 that reads a config or runs many runs takes the same way."""
 
 import contextlib
-import json
 import math
 import os
 from pathlib import Path
@@ -71,12 +70,6 @@ def resumable():
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished runs are kept; run the same command again to resume")
         raise typer.Exit(130) from None
-
-
-def write_json(data: dict, path: Path) -> None:
-    from scarce.atomic import write_bytes_atomic
-
-    write_bytes_atomic(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 
 def check_output_file(path: Optional[Path], option: str, suffixes: tuple[str, ...] = ()) -> None:
