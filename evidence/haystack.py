@@ -10,7 +10,7 @@ every input-embedding and output-head row to the warm-up's mean embedding row (t
 `everything` transfer with `average` embedding init).
 
     python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
-    python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
+    python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json] [--earlier OLD.json]
 
 `run` trains the arms one after another (each run's metrics.jsonl holds its accuracy curve as it goes);
 `collect` reads whatever the runs have written so far, finished or not, and writes the JSON and a plot
@@ -74,7 +74,9 @@ def _run_dir(runs_dir: Path, entry: dict) -> Path | None:
     return started[-1] if started else None
 
 
-def collect(runs_dirs: list[Path], out: Path) -> dict:
+def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> dict:
+    """`earlier`: a JSON an earlier collect wrote, whose arms (their run directories gone) are carried over,
+    each labelled with its warm-up length and "earlier"."""
     arms, warmups = {}, {}
     for warmup_dir in sorted(p for d in runs_dirs for p in d.glob("warmup-*") if p.is_dir()):  # finished or not
         logged = [r["step"] for r in runs.read_metrics(warmup_dir) if "step" in r]
@@ -99,6 +101,13 @@ def collect(runs_dirs: list[Path], out: Path) -> dict:
             "first_step_at_or_above": {str(level): next((s for s, a in curve if a >= level), None) for level in (0.5, 0.9)},
             "curve": [{"step": s, "accuracy": a} for s, a in curve],
         }
+    if earlier is not None:
+        kept = json.loads(earlier.read_text())
+        for key, arm in kept["arms"].items():
+            if arm["run"] not in {a["run"] for a in arms.values()}:
+                steps = f", {arm['warmup_steps']:,}-step warm-up" if arm["warmup_steps"] else ""
+                arms[f"{key} (earlier{steps})"] = arm
+        warmups.update({k: w for k, w in kept["warmups"].items() if k not in warmups})
     result = {
         "protocol": {"steps": PAPER_STEPS, "batch": PAPER_BATCH, "model": "2 layers, 4 heads, width 16",
                      "optim": "lr 1e-3 cosine, 500 warm-up steps, weight decay 0.001", "eval_every": EVAL_EVERY,
@@ -110,7 +119,8 @@ def collect(runs_dirs: list[Path], out: Path) -> dict:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (key, arm) in enumerate(arms.items()):
         ax.plot([p["step"] for p in arm["curve"]], [p["accuracy"] for p in arm["curve"]], color=f"C{i}", marker="o",
-                markersize=2, label=f"{key} ({arm['fraction_of_protocol']:.0%} of the protocol)")
+                markersize=2, linestyle="--" if "earlier" in key else "-",
+                label=f"{key} ({arm['fraction_of_protocol']:.0%} of the protocol)")
     for (arm, accuracy), (x, va) in zip(PAPER_HAYSTACK.items(), [(1.0, "bottom"), (1.0, "bottom"), (0.6, "top")]):
         ax.axhline(accuracy, color="grey", linestyle=":", linewidth=1)
         ax.annotate(f"paper, {arm}: {accuracy:.1%}", (x * PAPER_STEPS, accuracy), ha="right", va=va, fontsize=7)
@@ -136,11 +146,12 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
+    parser.add_argument("--earlier", type=Path, default=None, help="collect: carry over the arms of this earlier JSON")
     args = parser.parse_args()
     if args.what == "run":
         run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
     else:
-        result = collect(args.runs_dir, args.out)
+        result = collect(args.runs_dir, args.out, args.earlier)
         print(json.dumps({"warmups": result["warmups"], **{k: {**a, "curve": a["curve"][-3:]} for k, a in result["arms"].items()}},
                          indent=1))
 

@@ -72,24 +72,43 @@ def test_the_design_can_identify_n_or_names_the_budget_that_would(tmp_path):
     assert rich.hours_for_4x_budget > 4.0 * 0.9
 
 
-def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions(tmp_path):
+def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions_then_grid_cells(tmp_path):
     """Runs 3× slower than calibrated (another process on the cores): the fewest lowest-priority
-    interventions are dropped so the rest fits the time left, distillation first; on time, none."""
-    from scarce.studies.study.design import level_of, planned_runs, predict_seconds, slowdown, to_drop
+    interventions are dropped so the rest fits the time left, distillation first; on time, none. Far
+    behind, grid cells go too, from the end of the priority order, never the first size's."""
+    from scarce.studies.study.design import grid_cells, level_of, planned_runs, predict_seconds, slowdown, to_drop
     from scarce.studies.study.running import Row
 
     base = S.base_config("kjv", tmp_path, [])
     active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
-    design = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active)
-    rest = predict_seconds(planned_runs(level_of(design), design.budgets, active, base)[1:], SECONDS_PER_TOKEN, 2)
-    assert to_drop(design, active, base, 1, 1.0, rest * 1.01) == []
-    dropped = to_drop(design, active, base, 1, 3.0, rest * 1.5)
-    assert dropped and dropped[0] == "distill"
+    design = S.design_study(_inputs(4.0), base, SECONDS_PER_TOKEN, 2, active)
+    level = level_of(design)
+    rest = predict_seconds(planned_runs(level, design.budgets, active, base)[1:], SECONDS_PER_TOKEN, 2)
+    assert to_drop(design, active, base, 1, 1.0, rest * 1.01) == ([], [])
+    dropped, cells = to_drop(design, active, base, 1, 3.0, rest * 1.5)
+    assert dropped and dropped[0] == "distill" and cells == []
     kept = [i for i in active if i.name not in dropped]
-    assert predict_seconds(planned_runs(level_of(design), design.budgets, kept, base)[1:], SECONDS_PER_TOKEN, 2) * 3 \
+    assert predict_seconds(planned_runs(level, design.budgets, kept, base)[1:], SECONDS_PER_TOKEN, 2) * 3 \
         <= rest * 1.5
     ran = [Row("r", "grid", "micro", 1, 1024, 1024, 4.0, 0.1, 0, 5.0, 1.0, 3 * (6 + 4096 / 5000), "completed")]
     assert slowdown(ran, design) == pytest.approx(3.0)
+
+    # Far behind after the grid's first cell: the interventions go, then grid cells from the end of the priority
+    # order (never the first size's), the fewest that make the rest fit.
+    cells = grid_cells(design.sizes, design.budgets, design.full_sizes)
+    assert cells[:len(design.budgets)] == [(design.sizes[0], d) for d in design.budgets]
+    left, droppable = cells[1:], ("distill", "procedural", "mir")
+
+    def predicted(names, kept_cells):
+        return predict_seconds(planned_runs(level, design.budgets, [i for i in active if i.name not in names], base,
+                                            kept_cells), SECONDS_PER_TOKEN, 2)
+
+    seconds = 3.0 * predicted(droppable, [c for c in left if c[0] == design.sizes[0]]) * 1.05
+    names, gone = to_drop(design, active, base, 1, 3.0, seconds, left)
+    assert set(names) == {i.name for i in active if i.name in droppable}
+    assert gone and gone == [c for c in left[::-1] if c[0] != design.sizes[0]][:len(gone)]
+    assert 3.0 * predicted(names, [c for c in left if c not in gone]) <= seconds
+    assert 3.0 * predicted(names, [c for c in left if c not in gone[:-1]]) > seconds  # the fewest
 
 
 def test_budget_too_small_for_one_run_and_corpus_too_small_are_errors(tmp_path):

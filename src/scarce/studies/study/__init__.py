@@ -94,7 +94,7 @@ def conclude(study: StudyRuns, design: Design, interventions: Sequence[Intervent
         "effects": [asdict(e) for e in effects], "extrapolation": extrapolation,
         "scale": measured_scale(study.rows, inputs),
         "ensembles": study.ensembles, "rows": [asdict(r) for r in study.rows], "failed": study.failed,
-        "bootstrap": bootstrap,
+        "dropped_cells": study.dropped_cells, "bootstrap": bootstrap,
     }
 
 
@@ -110,6 +110,7 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
     from scarce.studies.study.report import write_report
 
     console = console or Console(stderr=True)
+    clock_started = time.perf_counter()  # the budget counts from here: preparing the corpus and calibrating too
     out = Path(out).resolve()
     if bootstrap < 0:
         raise ScarceError(f"--bootstrap must be ≥ 0, got {bootstrap}")
@@ -127,7 +128,7 @@ def run(corpus: str, flops: float, out: Path, unique_tokens: int | None = None, 
                   f"weight decay {design.weight_decays}; {design.members} seeds; predicted "
                   f"{design.predicted_seconds / 60:.1f} min of runs on {design.workers} worker(s)")
     started = time.perf_counter()
-    study_runs = run_study(base, design, chosen, executor, console, live)
+    study_runs = run_study(base, design, chosen, executor, console, live, clock_started)
     results = conclude(study_runs, design, chosen, inputs, base, bootstrap)
     results["wall_seconds"] = {"runs": study_runs.wall_seconds, "total": time.perf_counter() - started}
     write_json_atomic(out / RESULTS_FILE, results)
@@ -159,7 +160,7 @@ def rejudge(out: Path, bootstrap: int | None = None) -> dict:
     design = Design.from_dict(old["design"])
     design.full_sizes = old["design"].get("full_sizes", 2)
     skipped = {e["name"]: e["reason"] for e in old["effects"] if e["status"] == "skipped"}
-    study = StudyRuns(rows, {}, old["ensembles"], skipped, 0.0, old["failed"])
+    study = StudyRuns(rows, {}, old["ensembles"], skipped, 0.0, old["failed"], old.get("dropped_cells", {}))
     base = base_config(inputs.corpus, out, inputs.overrides)
     results = conclude(study, design, select_interventions(inputs.interventions), inputs, base,
                        old.get("bootstrap", 100) if bootstrap is None else bootstrap)

@@ -137,8 +137,21 @@ IDENTIFIES_N = ("three sizes", "three sizes, two weight decays")  # the levels w
 
 def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) -> list[tuple[str, int]]:
     """(size, budget) pairs of the grid: the first `full_sizes` sizes at every budget, the rest at the two
-    largest (so every size has the largest budget and two budgets to separate N from U)."""
-    return [(size, d) for i, size in enumerate(sizes) for d in (budgets if i < full_sizes else budgets[-2:])]
+    largest (so every size has the largest budget and two budgets to separate N from U); most needed first.
+
+    A study running behind drops cells from the end (`to_drop`): the first size at every budget comes first
+    and is never dropped (every tuned setting, intervention and verdict builds on it), then each other size
+    at the largest budget, at the second largest, and at the smaller budgets, largest first."""
+    cells = [(sizes[0], d) for d in budgets]
+    ranks = sorted(range(len(budgets)), key=lambda j: -budgets[j])
+    for rank, j in enumerate(ranks):
+        cells += [(size, budgets[j]) for i, size in enumerate(sizes[1:], 1) if i < full_sizes or rank < 2]
+    return cells
+
+
+def kept_cells(cells: Sequence[tuple[str, int]], sizes: Sequence[str]) -> list[tuple[str, int]]:
+    """The cells a study never drops to keep its budget: the first size's."""
+    return [c for c in cells if c[0] == sizes[0]]
 
 
 @dataclass
@@ -220,15 +233,16 @@ def nested_budgets(largest: int, count: int, step: int) -> list[int]:
 
 
 def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[Intervention],
-                 base: RunConfig) -> list[list[tuple[str, float]]]:
-    """What a design will compute, stage by stage, as (size, training-token equivalents): the grid; the
-    single-run interventions and ensemble members; the teachers' sampling (in the driver, one at a time);
-    the distillation students. Interventions are budgeted at the grid's largest epochs (their tuned epochs
-    are not known yet), the evaluation as a third of a training step per evaluated token."""
+                 base: RunConfig, cells: Sequence[tuple[str, int]] | None = None) -> list[list[tuple[str, float]]]:
+    """What a design will compute, stage by stage, as (size, training-token equivalents): the grid (its
+    `cells`, default all); the single-run interventions and ensemble members; the teachers' sampling (in the
+    driver, one at a time); the distillation students. Interventions are budgeted at the grid's largest
+    epochs (their tuned epochs are not known yet), the evaluation as a third of a training step per
+    evaluated token."""
     evaluation = (base.data.eval_tokens or 0) / 3
     most, small = max(level.epochs), level.sizes[0]
-    grid = [(size, d * e + evaluation) for size, d in grid_cells(level.sizes, budgets, level.full_sizes)
-            for e in level.epochs for _ in level.weight_decays]
+    cells = grid_cells(level.sizes, budgets, level.full_sizes) if cells is None else cells
+    grid = [(size, d * e + evaluation) for size, d in cells for e in level.epochs for _ in level.weight_decays]
     after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in i.where(budgets)]
     ensembles = list(budgets)  # seeds of every tuned setting: the reference every verdict is judged against
@@ -353,21 +367,23 @@ def slowdown(rows: Sequence, design: Design) -> float:
 
 
 def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConfig, from_stage: int,
-            factor: float, seconds_left: float) -> list[str]:
-    """The lowest-priority interventions (DROP_ORDER) to drop so that the stages from `from_stage` on,
-    predicted at `factor` × the calibrated time, fit `seconds_left`; the fewest that do (all of DROP_ORDER
-    when even that does not)."""
-    level, dropped = level_of(design), []
-    for name in (None, *DROP_ORDER):
-        if name is not None:
-            if name not in {i.name for i in interventions}:
-                continue
-            dropped.append(name)
+            factor: float, seconds_left: float, cells_left: Sequence[tuple[str, int]] = ()
+            ) -> tuple[list[str], list[tuple[str, int]]]:
+    """What to drop so that the rest (the grid's `cells_left`, then the stages after the grid, from
+    `from_stage` on), predicted at `factor` × the calibrated time, fits `seconds_left`: the fewest
+    lowest-priority interventions (DROP_ORDER), then grid cells from the end of `cells_left` (never the
+    first size's). Returns (interventions, cells); when even everything droppable does not fit, all of it."""
+    level = level_of(design)
+    names = [n for n in DROP_ORDER if n in {i.name for i in interventions}]
+    cells = [c for c in cells_left if c not in kept_cells(cells_left, design.sizes)][::-1]
+    for k in range(len(names) + len(cells) + 1):
+        dropped, dropped_cells = names[:k], cells[:max(0, k - len(names))]
         keep = [i for i in interventions if i.name not in dropped]
-        stages = planned_runs(level, design.budgets, keep, base)[from_stage:]
-        if predict_seconds(stages, design.seconds_per_token, design.workers) * factor <= seconds_left:
+        stages = planned_runs(level, design.budgets, keep, base, [c for c in cells_left if c not in dropped_cells])
+        if predict_seconds([stages[0], *stages[from_stage:]], design.seconds_per_token, design.workers) * factor \
+                <= seconds_left:
             break
-    return dropped
+    return dropped, dropped_cells
 
 
 def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | None, workers: int,

@@ -451,6 +451,8 @@ def limits(results: dict) -> list[str]:
         if law["unidentified"]:
             items.append(f"the {recipe} law's {', '.join(law['unidentified'])} are not determined by these runs "
                          f"(e.g. one model size leaves the N term free): predictions that depend on them are guesses.")
+    for cell, why in results.get("dropped_cells", {}).items():
+        items.append(f"the grid's {cell}: not run — {why}.")
     if results["failed"]:
         items.append(f"{len(results['failed'])} run(s) failed or diverged: {_runs(results['failed'])}; re-run the "
                      f"command to retry them.")

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,12 @@ def _point(part: str, config: RunConfig) -> dict:
             "epochs": config.train.epochs, "weight_decay": config.optim.weight_decay, "seed": config.train.seed}
 
 
-def grid_configs(base: RunConfig, design: Design) -> list[RunConfig]:
+def grid_configs(base: RunConfig, design: Design, cells: Sequence[tuple[str, int]] | None = None) -> list[RunConfig]:
+    """The grid's runs (of `cells`, default all), longest first within a cell (so the workers end together)."""
+    cells = grid_cells(design.sizes, design.budgets, design.full_sizes) if cells is None else cells
     return [point_config(base, {"model.size": size, "data.unique_tokens": d, "train.epochs": e,
                                 "optim.weight_decay": wd}, STUDY_NAME)
-            for size, d in grid_cells(design.sizes, design.budgets, design.full_sizes)
-            for e in design.epochs for wd in design.weight_decays]
+            for size, d in cells for e in sorted(design.epochs, reverse=True) for wd in design.weight_decays]
 
 
 def _row(outcome: Outcome, part: str) -> Row | None:
@@ -106,14 +107,17 @@ class StudyRuns:
     skipped: dict[str, str]  # intervention -> why it was not run
     wall_seconds: float  # this invocation's time in run_study
     failed: list[str]  # run ids (or points) that failed
+    dropped_cells: dict[str, str] = field(default_factory=dict)  # grid cell ("tiny at 65,536 tokens") -> why
 
 
 def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervention], executor: Executor,
-              console: Console | None = None, live: bool = True) -> StudyRuns:
+              console: Console | None = None, live: bool = True, clock_started: float | None = None) -> StudyRuns:
     """Train the grid, then the interventions on the tuned settings, then the distillation students: one
-    resumable study in base.runs_dir."""
+    resumable study in base.runs_dir. The budget counts from `clock_started` (time.perf_counter(); default
+    now): the command's start, so that preparing the corpus and calibrating count too."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    clock_started = started if clock_started is None else clock_started
     rows: list[Row] = []
     configs: dict[str, RunConfig] = {}
     failed: list[str] = []
@@ -121,19 +125,27 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     skipped.update({name: f"dropped by the design: the {design.hours:g} h budget could not afford it on this machine"
                     for name in design.dropped if name in {i.name for i in interventions}})
     active = [i for i in interventions if i.name not in skipped]
+    dropped_cells: dict[str, str] = {}
     spec = {"design": asdict(design), "interventions": [i.name for i in interventions]}
 
-    def keep_the_budget(from_stage: int) -> None:
+    def keep_the_budget(from_stage: int, cells_left: Sequence[tuple[str, int]] = ()) -> list[tuple[str, int]]:
         """Re-measure the throughput on the runs so far; when the rest would overrun the budget, drop the
-        lowest-priority interventions (named in the report with the reason)."""
+        lowest-priority interventions, then grid cells (each named in the report with the reason). Returns
+        the grid cells still to run."""
         nonlocal active
         factor = slowdown(rows, design)
-        left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - started)
-        for name in to_drop(design, active, base, from_stage, factor, left):
-            skipped[name] = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× "
-                             f"their calibrated time, and the rest would not have fit")
-            console.print(f"[yellow]note:[/yellow] {name} {skipped[name]}")
+        left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - clock_started)
+        names, cells = to_drop(design, active, base, from_stage, factor, left, cells_left)
+        why = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× their calibrated "
+               "time, and the rest would not have fit")
+        for name in names:
+            skipped[name] = why
+            console.print(f"[yellow]note:[/yellow] {name} {why}")
+        for size, d in cells:
+            dropped_cells[f"{size} at {d:,} tokens"] = why
+            console.print(f"[yellow]note:[/yellow] the grid's {size} runs at {d:,} tokens were {why}")
         active = [i for i in active if i.name not in skipped]
+        return [c for c in cells_left if c not in cells]
 
     def train(study: Study, batch: list[tuple[str, RunConfig]]) -> list[Row | None]:
         if not batch:
@@ -152,8 +164,11 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
 
     with Study(STUDY_NAME, base.runs_dir, "study", spec) as study:
         console.print(f"[bold]grid[/bold]: {len(grid_configs(base, design))} runs")
-        train(study, [("grid", c) for c in grid_configs(base, design)])
-        keep_the_budget(from_stage=1)
+        # One (size, budget) cell at a time, most needed first: behind its budget, the study re-plans between cells.
+        cells = grid_cells(design.sizes, design.budgets, design.full_sizes)
+        while cells:
+            train(study, [("grid", c) for c in grid_configs(base, design, cells[:1])])
+            cells = keep_the_budget(from_stage=1, cells_left=cells[1:])
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
         second: list[tuple[str, RunConfig]] = []
@@ -193,7 +208,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
                 continue
             students.append(("distill", student_config(fresh[ensemble["budget"]], ensemble, distill, console)))
         train(study, students)
-    return StudyRuns(rows, configs, ensembles, skipped, time.perf_counter() - started, failed)
+    return StudyRuns(rows, configs, ensembles, skipped, time.perf_counter() - started, failed, dropped_cells)
 
 
 def _same_setting(config: RunConfig, tuned: RunConfig) -> bool:
