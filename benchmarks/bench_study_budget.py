@@ -35,6 +35,7 @@ def main():
     parser.add_argument("--hours", type=float, default=0.15)
     parser.add_argument("--hogs", type=int, default=1, help="processes spinning a core each, for the study's whole run")
     parser.add_argument("--workers", type=int, default=None, help="default: every usable core")
+    parser.add_argument("--note", default="", help="recorded with the results: what else ran on the machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "study_budget.json")
     args = parser.parse_args()
     workers = args.workers or usable_cpus()
@@ -63,6 +64,7 @@ def main():
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": " ".join([*command[:-1], "DIR"]),
         "hogs": args.hogs,
+        "note": args.note,
         "budget_s": budget,
         "wall_s": wall,
         "wall_over_budget": wall / budget,
