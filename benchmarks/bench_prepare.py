@@ -6,8 +6,8 @@ documents of 0.5-16 KB, written as JSONL shards) is prepared with a 4096-token B
 Measured for each:
 - wall time of each phase (reading, the BPE's sample and training, tokenizing, gathering) and in all;
   throughput in MB/s of text and tokens/s;
-- peak resident memory of the whole process tree (this process and its pool workers, summed, sampled
-  every 0.1 s), and the largest single process (getrusage);
+- peak resident memory of the whole process tree (a fresh process running the prepare, as `scarce data
+  prepare` does, and its pool workers, summed, sampled every 0.1 s), and the largest single process;
 - the raw rate of `tokenizers`' batch encoder (`encode_batch_fast`, the same trained tokenizer, all
   cores) on the same text, already in memory: tokenizing's MB/s divided by it is the target ratio (≥ 0.7).
 Then the loader: an EpochLoader over a sparse 600M-token store (bench_train.py's reference batch, 16 x 256)
@@ -74,15 +74,15 @@ def generate_corpus(folder: Path, size_bytes: int, seed: int = 0, file_bytes: in
 
 
 class TreeMemory:
-    """Peak resident memory of this process and its children, summed (and each part's peak), sampled in a thread."""
+    """Peak resident memory of process `pid` and its children, summed (and each part's peak), sampled in a thread."""
 
-    def __init__(self, every_s: float = 0.1):
+    def __init__(self, pid: int, every_s: float = 0.1):
         self.peak = self.peak_main = self.peak_children = self.peak_processes = 0
-        self.every_s, self._stop = every_s, threading.Event()
+        self.pid, self.every_s, self._stop = pid, every_s, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        me = psutil.Process()
+        me = psutil.Process(self.pid)
         while not self._stop.is_set():
             sizes = []
             for process in [me, *me.children(recursive=True)]:
@@ -90,6 +90,8 @@ class TreeMemory:
                     sizes.append(process.memory_info().rss)
                 except psutil.Error:
                     pass
+            if not sizes:  # the process has ended
+                break
             self.peak = max(self.peak, sum(sizes))
             self.peak_main = max(self.peak_main, sizes[0])
             self.peak_children = max(self.peak_children, sum(sizes[1:]))
@@ -162,12 +164,18 @@ def measure_prepare(work: Path, size_mb: float, workers: int, vocab_size: int, r
     text_bytes = int((corpus.parent / "generated.txt").read_text())
     generate_s = time.perf_counter() - start
     load_before = os.getloadavg()
-    seconds, undo = timed_phases()
-    with TreeMemory() as memory:
-        start = time.perf_counter()
-        store = store_module.prepare_store(str(corpus), vocab_size=vocab_size, root=work / "data", workers=workers)
-        total_s = time.perf_counter() - start
-    undo()
+    # The prepare runs in a fresh process, as `scarce data prepare` does: this one's memory (the earlier
+    # size's run, the raw encoder's texts) must not count, and its children are the pool's workers.
+    child = subprocess.Popen([sys.executable, __file__, "_prepare", str(corpus), str(work / "data"), str(vocab_size),
+                              str(workers)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent)
+    with TreeMemory(child.pid) as memory:
+        output, _ = child.communicate()
+    if child.returncode != 0:
+        sys.exit(f"error: preparing {corpus} failed (exit {child.returncode})")
+    rusage_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    timed = json.loads(output.strip().splitlines()[-1])
+    seconds, total_s = timed["phase_s"], timed["total_s"]
+    store = store_module.open_store(Path(timed["store"]))
     tokens = store.train_token_count + store.val_token_count
     raw = raw_encode_rate(store.tokenizer, corpus, raw_bytes)
     tokenize_mb_per_s = text_bytes / MB / seconds["tokenize"]
@@ -193,14 +201,23 @@ def measure_prepare(work: Path, size_mb: float, workers: int, vocab_size: int, r
         "peak_rss_main_mb": memory.peak_main / MB,
         "peak_rss_workers_summed_mb": memory.peak_children / MB,
         "processes_at_most": memory.peak_processes,
-        "max_rss_single_process_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                                         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024,
+        "max_rss_single_process_mb": rusage_children,  # the largest of this process's waited-for descendants so far
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
     shutil.rmtree(corpus)
     shutil.rmtree(store.path)
     return result
+
+
+def timed_prepare(corpus: str, root: str, vocab_size: int, workers: int) -> None:
+    """In the child process: prepare the store, timing its phases; print them as JSON (the last line)."""
+    seconds, undo = timed_phases()
+    start = time.perf_counter()
+    store = store_module.prepare_store(corpus, vocab_size=vocab_size, root=Path(root), workers=workers)
+    total_s = time.perf_counter() - start
+    undo()
+    print(json.dumps({"phase_s": seconds, "total_s": total_s, "store": str(store.path)}))
 
 
 def loader_share(work: Path, train_tokens: int = 600_000_000, steps: int = 50) -> dict:
@@ -236,6 +253,9 @@ def loader_share(work: Path, train_tokens: int = 600_000_000, steps: int = 50) -
 
 
 def main():
+    if sys.argv[1:2] == ["_prepare"]:
+        corpus, root, vocab_size, workers = sys.argv[2:]
+        return timed_prepare(corpus, root, int(vocab_size), int(workers))
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=float, default=1024, help="MB of generated text (a quarter is run too)")
     parser.add_argument("--workers", type=int, default=None)
