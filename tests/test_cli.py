@@ -88,7 +88,7 @@ def test_data_prepare_reads_the_text_field_it_is_given(monkeypatch, tmp_path):
     result = invoke("data", "prepare", corpus, "--text-field", "body", "--tokenizer", "gpt2", "--workers", 1)
     assert result.exit_code == 0, result.output
     assert "bpe_sample_bytes" in str(invoke("data", "prepare", corpus, "--bpe-sample-mb", 0).exception)
-    assert "not on 'ray'" in str(invoke("data", "prepare", corpus, "--executor", "ray").exception)
+    assert "not on 'dask'" in str(invoke("data", "prepare", corpus, "--executor", "dask").exception)
 
 
 def test_bad_toml_file_is_named(tmp_path):

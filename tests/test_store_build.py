@@ -185,6 +185,25 @@ def test_shards_can_run_as_submitit_jobs(tmp_path, jsonl, monkeypatch):
     assert len(list((tmp_path / "jobs").glob("*/*_result.pkl"))) >= 3 * 2  # read, sample, tokenize; 2+ shards each
 
 
+def test_shards_can_run_as_ray_tasks(tmp_path, jsonl, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from scarce.executors import shard_mapper
+
+    reference = prepare(jsonl, tmp_path / "ref", workers=1)
+    monkeypatch.setattr(corpora_module, "PIECE_BYTES", 1500)
+    calls = []
+    mapper = shard_mapper("ray", tmp_path / "unused")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        store = prepare(jsonl, tmp_path / "data", shard_bytes=1500,
+                        mapper=lambda function, jobs: calls.append(len(jobs)) or mapper(function, jobs))
+        assert ray.is_initialized()  # the mapper leaves a Ray instance it did not start alone
+    finally:
+        ray.shutdown()
+    assert store_files(store) == store_files(reference)
+    assert len(calls) == 3 and min(calls) >= 2  # read, sample, tokenize; 2+ shards each
+
+
 def test_a_dead_worker_is_an_error_that_says_what_to_do(tmp_path, jsonl):
     """A pool worker that dies (here: a top-level script without the main guard, which spawned workers
     re-run) is an error that names the shard and says how to go on."""

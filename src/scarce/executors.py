@@ -437,13 +437,35 @@ def _import_extra(module: str, extra: str):
         ) from None
 
 
-def shard_mapper(name: str, folder: Path, cluster: str | None = None, **parameters) -> Callable:
-    """What `prepare_store(mapper=...)` takes to run a token store's shards as submitit jobs (one job array
-    per step: read, BPE sample, tokenize) instead of a local process pool: Slurm where `sbatch` exists,
-    else local processes (`cluster="local"`). `parameters` go to update_parameters (e.g. slurm_partition,
-    timeout_min, cpus_per_task). Job logs go to `folder`. Every job must see the store's root."""
+def shard_mapper(name: str, folder: Path, cluster: str | None = None, address: str | None = None,
+                 **parameters) -> Callable:
+    """What `prepare_store(mapper=...)` takes to run a token store's shards elsewhere than a local process
+    pool, one batch of jobs per step (read, BPE sample, tokenize); every job must see the store's root.
+
+    - "submitit": a job array per step, Slurm where `sbatch` exists, else local processes (`cluster="local"`);
+      `parameters` go to update_parameters (e.g. slurm_partition, timeout_min, cpus_per_task); job logs go
+      to `folder`.
+    - "ray": one Ray task per shard (1 CPU each) on the cluster at `address` (None: RAY_ADDRESS or a new local
+      instance) unless Ray is already initialized; every node needs scarce installed."""
+    if name == "ray":
+        ray = _import_extra("ray", "ray")
+
+        def run_on_ray(function: Callable, jobs: list[tuple]) -> list:
+            started = not ray.is_initialized()
+            if started:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                # one tokenizer thread per task: Ray already runs one task per CPU
+                remote = ray.remote(function).options(num_cpus=1, max_retries=0,
+                                                      runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                return ray.get([remote.remote(*job) for job in jobs])
+            finally:
+                if started:
+                    ray.shutdown()
+
+        return run_on_ray
     if name != "submitit":
-        raise ScarceError(f"shards of a token store run locally or on submitit, not on {name!r}")
+        raise ScarceError(f"shards of a token store run locally, on submitit or on ray, not on {name!r}")
     submitit = _import_extra("submitit", "slurm")
 
     def run(function: Callable, jobs: list[tuple]) -> list:

@@ -27,8 +27,8 @@ def data_prepare(
     text_field: Annotated[str, typer.Option(help="The JSON field or Parquet/Arrow column holding the text.")] = "text",
     bpe_sample_mb: Annotated[float, typer.Option(help="The BPE trains on at most this many MiB of training text.")] = 128,
     workers: Annotated[int | None, typer.Option(help="Processes that tokenize shards (default: every core).")] = None,
-    executor: Annotated[str, typer.Option(help="local (a process pool) or submitit (Slurm jobs; needs a shared "
-                                               "$SCARCE_HOME)")] = "local",
+    executor: Annotated[str, typer.Option(help="local (a process pool), submitit (Slurm jobs) or ray (tasks on the "
+                                               "cluster at RAY_ADDRESS); the last two need a shared $SCARCE_HOME")] = "local",
 ):
     """Tokenize a corpus once into a cached token store (train/validation split by documents).
 
