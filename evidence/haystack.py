@@ -11,6 +11,7 @@ every input-embedding and output-head row to the warm-up's mean embedding row (t
 
     python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
     python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json] [--earlier OLD.json]
+    python evidence/haystack.py attention [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
 
 `run` trains the arms one after another (each run's metrics.jsonl holds its accuracy curve as it goes);
 `collect` reads whatever the runs have written so far, finished or not, and writes the JSON and a plot
@@ -136,9 +137,59 @@ def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> di
     return result
 
 
+def attention(run_dir: Path, examples: int = 1000) -> dict:
+    """What the run's attention does on held-out haystack rows (its newest checkpoint): per layer, the head
+    with the most weight (a) from each value to the token just before it, its key (a previous-token head,
+    the first half of an induction circuit) and (b) from the query to the queried pair's value and key
+    positions (the retrieval the task needs). Means over the rows' positions; uniform attention over a row's
+    context gives `uniform_at_a_value` and `uniform_at_the_query` (the means of 1/(position + 1))."""
+    from scarce.evals.run import load_run_model
+    from scarce.model import apply_rope
+    from scarce.procedural.diagnostics import QUERY_BASE, Haystack
+
+    _, model, _, checkpoint = load_run_model(run_dir)
+    heldout = Haystack().heldout()
+    tokens = torch.from_numpy(heldout.tokens[:examples, :-1].astype("int64"))  # the model's input: all but the target
+    weights = []
+
+    def capture(attn):
+        def hook(module, args, x):
+            B, T, C = x.shape
+            q, k, _ = attn.qkv(x).view(B, T, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+            q, k = apply_rope(attn.q_norm(q), cos, sin), apply_rope(attn.k_norm(k), cos, sin)
+            scores = (q @ k.transpose(-1, -2)) / attn.head_dim ** 0.5
+            weights.append(scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1))
+        return hook
+
+    hooks = [block.attn_norm.register_forward_hook(capture(block.attn)) for block in model.blocks]
+    with torch.no_grad():
+        model(tokens)
+    for h in hooks:
+        h.remove()
+    at = (tokens >= QUERY_BASE).int().argmax(1)  # the query's position, 2·pairs
+    rows = torch.arange(len(tokens))
+    asked = tokens[rows, at] - QUERY_BASE + 128
+    key_at = (tokens[:, : 2 * 30 : 2] == asked[:, None]).int().argmax(1) * 2  # the queried key's position
+    value = torch.arange(tokens.shape[1])[None, :]
+    is_value = (value % 2 == 1) & (value < at[:, None])
+    layers = []
+    for w in weights:  # (B, H, T, T), one per layer
+        previous = torch.diagonal(w, offset=-1, dim1=-2, dim2=-1)  # (B, H, T-1): weight of t on t-1, for t >= 1
+        prev_at_values = (previous * is_value[:, None, 1:]).sum((0, 2)) / is_value.sum()
+        to_value = w[rows, :, at, key_at + 1].mean(0)
+        to_key = w[rows, :, at, key_at].mean(0)
+        layers.append({"previous_token_at_values_by_head": prev_at_values.tolist(),
+                       "query_to_queried_value_by_head": to_value.tolist(),
+                       "query_to_queried_key_by_head": to_key.tolist()})
+    return {"checkpoint": checkpoint.name, "examples": examples, "layers": layers,
+            "uniform_at_a_value": float((is_value / (value + 1)).sum() / is_value.sum()),
+            "uniform_at_the_query": float((1 / (at + 1)).float().mean())}
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["run", "collect"])
+    parser.add_argument("what", choices=["run", "collect", "attention"])
     parser.add_argument("--runs-dir", type=Path, nargs="+", default=[Path("runs/evidence-haystack")],
                         help="run: one; collect: any number (arms run in parallel, each in its own)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
@@ -148,7 +199,13 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     parser.add_argument("--earlier", type=Path, default=None, help="collect: carry over the arms of this earlier JSON")
     args = parser.parse_args()
-    if args.what == "run":
+    if args.what == "attention":  # every finished haystack run in the runs dirs: written into --out's JSON
+        result = json.loads(args.out.read_text())
+        finished = [d for r in args.runs_dir for d in sorted(r.glob("haystack-*")) if runs.read_summary(d)["status"] == "completed"]
+        result["attention"] = {d.name: attention(d) for d in finished}
+        write_json_atomic(args.out, result)
+        print(json.dumps({k: v["layers"] for k, v in result["attention"].items()}, indent=1))
+    elif args.what == "run":
         run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
     else:
         result = collect(args.runs_dir, args.out, args.earlier)
