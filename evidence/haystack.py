@@ -187,6 +187,30 @@ def attention(run_dir: Path, examples: int = 1000) -> dict:
             "uniform_at_the_query": float((1 / (at + 1)).float().mean())}
 
 
+def rope_previous_token_margin(head_dim: int, theta: float, context: int = 62, grid: int = 121) -> float:
+    """How sharply one rotary head of `head_dim` can single out the previous token, position alone: the
+    score of a key Δ positions back is Σ_i a_i·cos(ω_i·Δ + φ_i) over the head's head_dim/2 frequencies ω_i
+    (a_i ≥ 0, Σ a_i = 1); the best margin, over amplitudes and phases on a grid, of Δ = 1 over every other
+    Δ in 0..context−1. Multiplied by the logit scale (bounded by QK-norm's gains), it is how far the previous
+    token's logit can stand above the rest. (Learned absolute positions, as in the reference's GPT-2, have
+    no such bound.) Implemented for head_dim 4, the diagnostic model's."""
+    import numpy as np
+
+    if head_dim != 4:
+        raise ValueError("the grid search covers two frequencies (head_dim 4)")
+    offsets = np.arange(context)
+    w = theta ** -(np.arange(0, head_dim, 2) / head_dim)
+    phases = np.linspace(-np.pi, np.pi, grid)
+    fast = np.cos(w[0] * offsets[None, :] + phases[:, None])  # (phase, Δ)
+    slow = np.cos(w[1] * offsets[None, :] + phases[:, None])
+    best = -np.inf
+    for a in np.linspace(0, 1, 51):
+        score = a * fast[:, None, :] + (1 - a) * slow[None, :, :]  # (φ1, φ2, Δ)
+        others = np.delete(score, 1, axis=2).max(axis=2)
+        best = max(best, float((score[:, :, 1] - others).max()))
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["run", "collect", "attention"])
@@ -203,6 +227,8 @@ def main():
         result = json.loads(args.out.read_text())
         finished = [d for r in args.runs_dir for d in sorted(r.glob("haystack-*")) if runs.read_summary(d)["status"] == "completed"]
         result["attention"] = {d.name: attention(d) for d in finished}
+        result["rope_previous_token_margin"] = {"head_dim": 4, "rope_theta": 10000.0,
+                                                "margin": rope_previous_token_margin(4, 10000.0)}
         write_json_atomic(args.out, result)
         print(json.dumps({k: v["layers"] for k, v in result["attention"].items()}, indent=1))
     elif args.what == "run":
