@@ -10,6 +10,7 @@ every input-embedding and output-head row to the warm-up's mean embedding row (t
 `everything` transfer with `average` embedding init).
 
     python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
+                                    [--positions learned]
     python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json] [--earlier OLD.json]
     python evidence/haystack.py attention [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
 
@@ -26,6 +27,7 @@ import torch
 
 from scarce import runs
 from scarce.atomic import write_json_atomic
+from scarce.config import TRANSFER_GROUPS
 from scarce.report import plt, save_figure
 from scarce.studies.diagnose import (
     HAYSTACK_CHANCE,
@@ -43,23 +45,32 @@ ARMS = {"scratch": None, "dyck": DYCK, "shuffled dyck": {**DYCK, "shuffled": Tru
 INDEX = "arms.json"  # arm and seed → run directory, written as each run starts
 
 
-def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_steps: int = WARMUP_STEPS) -> None:
+def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_steps: int = WARMUP_STEPS,
+        positions: str = "rope") -> None:
+    """`positions` "learned": both the warm-up and the haystack model use learned absolute positions (the
+    reference's GPT-2 wpe), and the warm-up's are transferred with attention, MLP and norms, as the
+    reference's `everything` transfer copies wpe from a warm-up at least as long as the haystack rows."""
     torch.set_num_threads(1)
     runs_dir.mkdir(parents=True, exist_ok=True)
     index_path = runs_dir / INDEX
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    learned = positions == "learned"
+    model = ["model.positions='learned'"] if learned else []
+    tag = "-learned" if learned else ""
     for seed in seeds:
         for arm in arms:
-            warmup_params, key = ARMS[arm], f"{arm}/seed{seed}"
+            warmup_params, key = ARMS[arm], f"{arm}{' (learned positions)' if learned else ''}/seed{seed}"
             if key in index:
                 continue
             warmup = None
             if warmup_params is not None:
                 warmup = train(diagnostic_config("dyck", warmup_params, steps=warmup_steps, seed=seed, runs_dir=runs_dir,
-                                                 name=f"warmup-{arm.replace(' ', '-')}-s{seed}"), progress=False)
+                                                 name=f"warmup-{arm.replace(' ', '-')}{tag}-s{seed}", overrides=model),
+                               progress=False)
             config = diagnostic_config("haystack", steps=steps, seed=seed, warmup=warmup, runs_dir=runs_dir,
-                                       name=f"haystack-{arm.replace(' ', '-')}-s{seed}",
-                                       overrides=[f"train.eval_every={EVAL_EVERY}"]
+                                       name=f"haystack-{arm.replace(' ', '-')}{tag}-s{seed}",
+                                       transfer=[*TRANSFER_GROUPS, "positions"] if learned and warmup else None,
+                                       overrides=[f"train.eval_every={EVAL_EVERY}", *model]
                                        + (["init.embedding_init='mean'"] if warmup else []))
             # the run directory is known once training starts: record it from the run's own name afterwards
             index[key] = {"pending": config.name, "warmup": str(warmup) if warmup else None}
@@ -219,6 +230,8 @@ def main():
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="the Dyck warm-ups' steps of 1,000 rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--positions", choices=["rope", "learned"], default="rope",
+                        help="run: the models' positions (learned: GPT-2's absolute embeddings, transferred too)")
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     parser.add_argument("--earlier", type=Path, default=None, help="collect: carry over the arms of this earlier JSON")
@@ -232,7 +245,7 @@ def main():
         write_json_atomic(args.out, result)
         print(json.dumps({k: v["layers"] for k, v in result["attention"].items()}, indent=1))
     elif args.what == "run":
-        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps)
+        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps, args.positions)
     else:
         result = collect(args.runs_dir, args.out, args.earlier)
         print(json.dumps({"warmups": result["warmups"], **{k: {**a, "curve": a["curve"][-3:]} for k, a in result["arms"].items()}},

@@ -106,6 +106,15 @@ def test_an_option_transformers_cannot_express_is_refused_and_named(tmp_path, bp
     assert not (tmp_path / "hf").exists()
 
 
+def test_learned_positions_are_refused_by_name(tmp_path, bpe):
+    from scarce.model import Transformer, model_shape
+
+    model = Transformer(model_shape("micro", vocab_size=bpe.vocab_size, seq_len=32, positions="learned"))
+    with pytest.raises(ScarceError, match="model.positions='learned'"):
+        export_model(model, bpe, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_weights_without_a_place_in_transformers_are_refused(tmp_path, bpe):
     model = random_model(bpe.vocab_size, qk_norm=False)
     model.blocks[0].attn.qkv.bias = torch.nn.Parameter(torch.zeros(3 * model.shape.d_model))

@@ -120,6 +120,24 @@ def test_an_architecture_that_does_not_fit_is_an_error_and_writes_no_run(tmp_pat
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("bad-*"))
 
 
+def test_learned_positions_are_a_group_and_a_longer_context_hands_on_its_first_rows(tmp_path):
+    """GPT-2-style absolute positions (model.positions = "learned"): their own weight group; from a source with
+    a longer context the first rows are copied, as the procedural reference copies wpe."""
+    from scarce.model import Transformer, model_shape
+
+    source_run = train(config(tmp_path, "long", "model.positions='learned'", "model.seq_len=64"), progress=False)
+    source = first_weights(source_run)
+    cfg = config(tmp_path, "short", "model.positions='learned'", f"init.from_run={str(source_run)!r}",
+                 "init.groups=['positions', 'attention']", "optim.lr=1e-12", "train.epochs=1", "train.seed=3")
+    target = first_weights(train(cfg, progress=False))
+    assert weight_group("pos_embed.weight") == "positions" and target["pos_embed.weight"].shape == (32, 64)
+    torch.testing.assert_close(target["pos_embed.weight"], source["pos_embed.weight"][:32], atol=1e-8, rtol=0)
+    rotary = Transformer(model_shape("micro", vocab_size=512, seq_len=32))
+    assert rotary.pos_embed is None and "pos_embed.weight" not in rotary.state_dict()
+    with pytest.raises(ScarceError, match="pos_embed.weight"):  # a rotary model cannot take them
+        train(config(tmp_path, "rotary", f"init.from_run={str(source_run)!r}", "init.groups=['positions']"), progress=False)
+
+
 def test_a_source_that_is_not_a_run_is_named(tmp_path):
     with pytest.raises(ScarceError, match="config.json"):
         train(config(tmp_path, "bad", f"init.from_run={str(tmp_path)!r}"), progress=False)

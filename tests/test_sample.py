@@ -22,9 +22,9 @@ def micro(seed: int, **overrides) -> Transformer:
     return Transformer(model_shape("micro", vocab_size=48, seq_len=12, **overrides)).eval()
 
 
-@pytest.mark.parametrize("qk_norm", [True, False])
-def test_cached_logits_equal_the_full_forward_with_rows_at_different_positions(qk_norm):
-    model = micro(0, qk_norm=qk_norm)
+@pytest.mark.parametrize("options", [{"qk_norm": True}, {"qk_norm": False}, {"positions": "learned"}])
+def test_cached_logits_equal_the_full_forward_with_rows_at_different_positions(options):
+    model = micro(0, **options)
     tokens = torch.randint(0, 48, (2, 12))
     lag = 5  # row 1 starts 5 steps after row 0, so the rows sit at different positions every step
     full = model(tokens)

@@ -99,6 +99,7 @@ class ModelConfig(Section):
     ffn_hidden: int | None = Field(None, ge=1)
     qk_norm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
+    positions: Literal["rope", "learned"] = "rope"  # rotary, or learned absolute embeddings (GPT-2's wpe)
 
     @field_validator("size")
     @classmethod
@@ -177,7 +178,7 @@ class ObjectiveConfig(Section):
         return self
 
 
-WEIGHT_GROUPS = ("attention", "mlp", "norms", "embeddings", "head")
+WEIGHT_GROUPS = ("attention", "mlp", "norms", "embeddings", "head", "positions")  # positions: learned ones only
 # The procedural reference's narrower selections (scarce.model.transferred): "heads" = the q/k/v projection
 # only (its attn.c_attn); "attn+ln" = attention and the norm before it (attn.c_attn, attn.c_proj, ln_1)
 TRANSFER_SELECTIONS = ("heads", "attn+ln")
@@ -270,7 +271,9 @@ class WarmupOptimConfig(OptimConfig):
     schedule: Literal["cosine", "wsd", "constant"] = "constant"
 
 
-TRANSFER_GROUPS = ("attention", "mlp", "norms")  # what a procedural warm-up can hand on (its vocabulary is its own)
+TRANSFER_GROUPS = ("attention", "mlp", "norms")  # what a procedural warm-up hands on by default (its vocabulary is its own)
+# and may: learned position embeddings too (model.positions = "learned"), as the reference copies GPT-2's wpe
+TRANSFER_OPTIONAL = ("positions",)
 
 
 class ProceduralConfig(Section):
@@ -284,7 +287,7 @@ class ProceduralConfig(Section):
     tokens: int | None = Field(None, ge=1)  # warmup: the stage's training tokens (or `steps`)
     steps: int | None = Field(None, ge=1)  # warmup: the stage's optimizer steps (or `tokens`)
     batch_size: int | None = Field(None, ge=1)  # warmup: sequences per step; None: train.batch_size
-    transfer: list[Literal[TRANSFER_GROUPS + TRANSFER_SELECTIONS]] = list(TRANSFER_GROUPS)  # warmup: copied; the rest fresh
+    transfer: list[Literal[TRANSFER_GROUPS + TRANSFER_OPTIONAL + TRANSFER_SELECTIONS]] = list(TRANSFER_GROUPS)  # warmup: copied
     embedding_init: Literal["random", "mean"] = "random"  # warmup: "mean": every embedding and head row the warm-up's mean row
     fraction: float | None = Field(None, ge=0, lt=1)  # mix: share of the run's training tokens, first
     optim: WarmupOptimConfig = WarmupOptimConfig()  # warmup: the stage's optimizer
@@ -315,7 +318,7 @@ class ProceduralConfig(Section):
     def _groups(cls, transfer):
         if not transfer or len(set(transfer)) != len(transfer):
             raise ValueError(f"name each group at most once and at least one of "
-                             f"{', '.join(TRANSFER_GROUPS + TRANSFER_SELECTIONS)}")
+                             f"{', '.join(TRANSFER_GROUPS + TRANSFER_OPTIONAL + TRANSFER_SELECTIONS)}")
         return transfer
 
 

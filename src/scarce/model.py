@@ -1,6 +1,6 @@
 """The decoder: a Llama-style transformer, and the named size ladder with its parameter and FLOP counts.
 
-Pre-norm RMSNorm, rotary position embeddings, SwiGLU MLP, optional QK-norm, untied input and output
+Pre-norm RMSNorm, rotary position embeddings (or learned absolute ones, GPT-2's), SwiGLU MLP, optional QK-norm, untied input and output
 embeddings, no biases, causal attention through scaled_dot_product_attention, dropout on the attention
 output (the MIR recipe uses 0.1).
 """
@@ -22,6 +22,8 @@ def weight_group(name: str) -> str:
         return "embeddings"
     if name.startswith("head."):
         return "head"
+    if name.startswith("pos_embed."):
+        return "positions"
     if ".attn." in name:
         return "attention"
     if ".mlp." in name:
@@ -48,6 +50,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(shape: ModelShape) -> tuple[torch.Tensor, torch.Tensor]:
+    if shape.positions == "learned":  # the identity rotation: positions come from the input's embeddings
+        return torch.ones(shape.seq_len, shape.head_dim // 2), torch.zeros(shape.seq_len, shape.head_dim // 2)
     inv_freq = 1.0 / shape.rope_theta ** (torch.arange(0, shape.head_dim, 2).float() / shape.head_dim)
     angles = torch.outer(torch.arange(shape.seq_len).float(), inv_freq)  # (T, head_dim/2)
     return angles.cos(), angles.sin()
@@ -120,6 +124,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
         self.norm = RMSNorm(shape.d_model)
         self.head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        # registered last, so a rotary model's draws at a seed are the same as before it existed
+        self.pos_embed = nn.Embedding(shape.seq_len, shape.d_model) if shape.positions == "learned" else None
         cos, sin = rope_tables(shape)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -136,6 +142,12 @@ class Transformer(nn.Module):
         # as one without at the same seed
         nn.init.normal_(self.embed.weight[vocab:], mean=0.0, std=0.02)
 
+    def embed_at(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of `tokens` at `positions` (broadcastable to tokens): with learned positions,
+        their rows added."""
+        x = self.embed(tokens)
+        return x if self.pos_embed is None else x + self.pos_embed(positions)
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) int64 → logits (B, T, vocab) in fp32.
 
@@ -149,7 +161,7 @@ class Transformer(nn.Module):
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len {self.shape.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        x = self.embed(tokens)
+        x = self.embed_at(tokens, torch.arange(T, device=tokens.device))
         for block in self.blocks[:-1]:
             x = block(x, cos, sin)
         last = self.blocks[-1]

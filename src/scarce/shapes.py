@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from scarce.errors import ScarceError
 
+POSITIONS = ("rope", "learned")
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -17,6 +19,9 @@ class ModelShape:
     qk_norm: bool = True
     dropout: float = 0.0
     rope_theta: float = 10000.0
+    # "rope": rotary positions in attention; "learned": absolute position embeddings added to the input, as
+    # GPT-2's wpe (the procedural paper's diagnostic models), the rotary tables then the identity
+    positions: str = "rope"
     # input-only tokens after the vocabulary (MIR's mask token): embedding rows that are never predicted
     extra_input_tokens: int = 0
 
@@ -29,7 +34,9 @@ class ModelShape:
         return self.d_model // self.n_heads
 
     def embedding_params(self) -> int:
-        return (2 * self.vocab_size + self.extra_input_tokens) * self.d_model  # input embedding and output head, untied
+        """Input embedding and output head (untied), and learned position embeddings when the model has them."""
+        positions = self.seq_len if self.positions == "learned" else 0
+        return (2 * self.vocab_size + self.extra_input_tokens + positions) * self.d_model
 
     def non_embedding_params(self) -> int:
         attention = 4 * self.d_model * self.d_model
@@ -70,6 +77,8 @@ def model_shape(size: str, **overrides) -> ModelShape:
     if size not in SIZES:
         raise ScarceError(f"model.size: unknown size {size!r}; choose one of {', '.join(SIZES)}")
     shape = ModelShape(**{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
+    if shape.positions not in POSITIONS:
+        raise ScarceError(f"model.positions: unknown {shape.positions!r}; choose one of {', '.join(POSITIONS)}")
     if shape.d_model % shape.n_heads or shape.head_dim % 2:
         raise ScarceError(
             f"model: d_model={shape.d_model} must split into n_heads={shape.n_heads} heads of even size"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scarce import runs
 from scarce.atomic import write_json_atomic
-from scarce.config import TRANSFER_GROUPS, TRANSFER_SELECTIONS, RunConfig, resolve_config
+from scarce.config import TRANSFER_GROUPS, TRANSFER_OPTIONAL, TRANSFER_SELECTIONS, RunConfig, resolve_config
 from scarce.errors import ScarceError
 from scarce.procedural.diagnostics import DIAGNOSTICS, HELDOUT_EXAMPLES
 from scarce.procedural.registry import TASKS, get_task
@@ -55,10 +55,10 @@ def diagnostic_config(task: str, params: dict | None = None, *, steps: int | Non
         raise ScarceError(f"--steps ({steps}) and --batch-size ({batch_size}) must be at least 1")
     if transfer is not None and warmup is None:
         raise ScarceError("--transfer names the groups copied from a warm-up: give --warmup RUN_DIR with it")
-    unknown = [g for g in transfer or [] if g not in TRANSFER_GROUPS + TRANSFER_SELECTIONS]
+    unknown = [g for g in transfer or [] if g not in TRANSFER_GROUPS + TRANSFER_OPTIONAL + TRANSFER_SELECTIONS]
     if unknown:
         raise ScarceError(f"--transfer: {unknown[0]!r} is not a weight group a warm-up hands on; choose from "
-                          f"{', '.join(TRANSFER_GROUPS + TRANSFER_SELECTIONS)}")
+                          f"{', '.join(TRANSFER_GROUPS + TRANSFER_OPTIONAL + TRANSFER_SELECTIONS)}")
     if seq_len is None:
         seq_len = chosen.example_tokens - 1 if not chosen.splittable else min(chosen.example_tokens - 1, 256)
     base = {

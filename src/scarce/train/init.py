@@ -70,6 +70,8 @@ def _copied(own: dict, source: dict, groups, from_run) -> dict:
         value, target = source[name], tensor
         if name == "embed.weight":  # input-only rows (MIR's mask token) after the vocabulary are never copied
             value, target = value[:vocab_rows], tensor[: own["head.weight"].shape[0]]
+        if name == "pos_embed.weight" and len(value) > len(target):  # a longer context: its first positions
+            value = value[: len(target)]
         if value.shape != target.shape:
             raise ScarceError(
                 f"init.groups: group {group!r} weight {name!r} has shape {tuple(value.shape)} in run {from_run} "

@@ -77,7 +77,7 @@ def cached_step(model: Transformer, cache: KVCache, tokens: torch.Tensor, positi
     cos, sin = model.rope_cos[positions][:, None, None, :], model.rope_sin[positions][:, None, None, :]
     # a row sees its own document only: later slots hold an earlier document's keys, or zeros
     hidden = (torch.arange(cache.capacity, device=tokens.device)[None, :] > positions[:, None])[:, None, None, :]
-    x = model.embed(tokens)[:, None, :]  # (B, 1, C)
+    x = model.embed_at(tokens, positions)[:, None, :]  # (B, 1, C)
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         q, k, v = attn.qkv(block.attn_norm(x)).view(B, 1, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
