@@ -149,11 +149,6 @@ def grid_cells(sizes: Sequence[str], budgets: Sequence[int], full_sizes: int) ->
     return cells
 
 
-def kept_cells(cells: Sequence[tuple[str, int]], sizes: Sequence[str]) -> list[tuple[str, int]]:
-    """The cells a study never drops to keep its budget: the first size's."""
-    return [c for c in cells if c[0] == sizes[0]]
-
-
 @dataclass
 class Design:
     level: str
@@ -375,7 +370,7 @@ def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConf
     first size's). Returns (interventions, cells); when even everything droppable does not fit, all of it."""
     level = level_of(design)
     names = [n for n in DROP_ORDER if n in {i.name for i in interventions}]
-    cells = [c for c in cells_left if c not in kept_cells(cells_left, design.sizes)][::-1]
+    cells = [c for c in cells_left if c[0] != design.sizes[0]][::-1]  # the first size's are never dropped
     for k in range(len(names) + len(cells) + 1):
         dropped, dropped_cells = names[:k], cells[:max(0, k - len(names))]
         keep = [i for i in interventions if i.name not in dropped]
