@@ -128,6 +128,7 @@ def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> di
         "paper": PAPER_HAYSTACK, "chance": HAYSTACK_CHANCE, "arms": arms, "warmups": warmups,
     }
     write_json_atomic(out, result)
+    out.with_suffix(".table.md").write_text(tables(result))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (key, arm) in enumerate(arms.items()):
         ax.plot([p["step"] for p in arm["curve"]], [p["accuracy"] for p in arm["curve"]], color=f"C{i}", marker="o",
@@ -222,6 +223,30 @@ def rope_previous_token_margin(head_dim: int, theta: float, context: int = 62, g
     return best
 
 
+def tables(result: dict) -> str:
+    """The JSON's arms (and its attention probe, when run) as markdown tables."""
+    marks = list(range(1000, PAPER_STEPS + 1, 1000))
+    lines = ["| arm | Dyck warm-up | steps evaluated | " + " | ".join(f"{m // 1000}k" for m in marks)
+             + " | last | first ≥ 50% / 90% |", "| --- | --- | --- |" + " --- |" * len(marks) + " --- | --- |"]
+    for key, arm in result["arms"].items():
+        at = {p["step"]: p["accuracy"] for p in arm["curve"]}
+        first = arm["first_step_at_or_above"]
+        warmup = f"{arm['warmup_steps']:,} steps" if arm["warmup_steps"] else "none"
+        lines.append(f"| {key} | {warmup} | "
+                     f"{arm['steps_evaluated']:,} of {PAPER_STEPS:,} | "
+                     + " | ".join(f"{at[m]:.1%}" if m in at else "" for m in marks)
+                     + f" | {arm['final_accuracy']:.1%} | {first['0.5'] or '—'} / {first['0.9'] or '—'} |")
+    if "attention" in result:
+        lines += ["", "| run | layer | previous-token weight at values, best head (uniform) | query → queried value, "
+                  "best head (uniform) | query → queried key, best head |", "| --- | --- | --- | --- | --- |"]
+        for run, probe in result["attention"].items():
+            for i, layer in enumerate(probe["layers"]):
+                lines.append(f"| {run} | {i} | {max(layer['previous_token_at_values_by_head']):.3f} "
+                             f"({probe['uniform_at_a_value']:.3f}) | {max(layer['query_to_queried_value_by_head']):.3f} "
+                             f"({probe['uniform_at_the_query']:.3f}) | {max(layer['query_to_queried_key_by_head']):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["run", "collect", "attention"])
@@ -243,7 +268,8 @@ def main():
         result["rope_previous_token_margin"] = {"head_dim": 4, "rope_theta": 10000.0,
                                                 "margin": rope_previous_token_margin(4, 10000.0)}
         write_json_atomic(args.out, result)
-        print(json.dumps({k: v["layers"] for k, v in result["attention"].items()}, indent=1))
+        args.out.with_suffix(".table.md").write_text(tables(result))
+        print(tables(result))
     elif args.what == "run":
         run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps, args.positions)
     else:
