@@ -2,6 +2,8 @@
 seed noise; no training): a placebo gets k ≈ 1 and is rarely called an effect, a planted 1.3× effect is
 found, and one test decides gains and losses with a false-positive rate of at most 5%."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,18 @@ def test_an_interval_past_the_solvers_bound_is_printed_unbounded():
     assert format_multiplier(k) == "1.5× [1.1×, > 100×]"
     assert "1e+03" not in format_multiplier(k) and "100×]" in format_multiplier(k)
     assert format_multiplier({**k, "value": None, "beyond": [">", None, ">"]}).startswith("> 100×")
+
+
+def test_draws_past_the_bound_give_an_unbounded_end_not_nan(monkeypatch):
+    """The KJV study of 2026-12-05 printed "1.27× [1.11×, nan×]": 20 of 400 draws were inf, and a percentile
+    between two infinite draws is inf − inf. Draws are clipped to the bounds first."""
+    import scarce.studies.study.estimates as estimates
+
+    study = simulate(np.random.default_rng(2))
+    mir, law = estimate(study)
+    test = paired_test(mir.points, *pooled_sd([e["member_losses"] for e in study.ensembles]))
+    draws = iter([math.inf] * 20 + [1.5] * 380 + [1.5])  # 400 draws, then the point estimate
+    monkeypatch.setattr(estimates, "multiplier_for", lambda *args: next(draws))
+    k = multiplier(law, mir.points, test, draws=400)
+    assert format_multiplier(k) == "1.5× [1.5×, > 100×]" and not any(math.isnan(x) for x in k["samples"])
+

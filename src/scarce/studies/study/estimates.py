@@ -123,14 +123,16 @@ def multiplier(law, points: Sequence[dict], test: dict, draws: int = MULTIPLIER_
     fits = bootstrap_draws(law)
     fits = [dict(zip(law.param_names, row)) for row in fits] if len(fits) else [law.params_]
     differences = test["difference"] + test["se"] * rng.standard_t(test["df"], size=draws)
-    samples = np.array([multiplier_for(law, fits[i % len(fits)], points, d) for i, d in enumerate(differences)])
+    # past the bounds a draw is 0 or inf; clipped to the bounds first, so a percentile between a finite draw and
+    # an infinite one is the bound (reported "> 100×"), not inf − inf = nan
+    samples = np.clip([multiplier_for(law, fits[i % len(fits)], points, d) for i, d in enumerate(differences)],
+                      1 / MULTIPLIER_BOUND, MULTIPLIER_BOUND)
     low, high = np.percentile(samples, [50 * (1 - test["level"]), 50 * (1 + test["level"])])
     value = multiplier_for(law, law.params_, points, test["difference"])
     return {"value": _bounded(value), "interval": [_bounded(low), _bounded(high)], "bound": MULTIPLIER_BOUND,
             "beyond": [_side(value), _side(low), _side(high)],  # value, low, high: ">" or "<" past the bound
             # for predictions: capped at the bound (a k past it is not measured, only bounded)
-            "capped": float(np.clip(value, 1 / MULTIPLIER_BOUND, MULTIPLIER_BOUND)),
-            "samples": np.clip(samples, 1 / MULTIPLIER_BOUND, MULTIPLIER_BOUND).tolist()}
+            "capped": float(np.clip(value, 1 / MULTIPLIER_BOUND, MULTIPLIER_BOUND)), "samples": samples.tolist()}
 
 
 def _side(k: float) -> str | None:
