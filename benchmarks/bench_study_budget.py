@@ -1,7 +1,7 @@
 """Does `scarce study` keep its wall-clock budget while another process saturates a core?
 
-Starts `--hogs` deliberate CPU hogs (processes spinning in a Python loop, started before the study so that
-its calibration may or may not see them, as on a shared machine), runs `scarce study CORPUS --flops F
+Starts `--hogs` deliberate CPU hogs (processes spinning in a Python loop; `--hog-after S` starts them S
+seconds into the study, after its calibration, so that it must notice and re-plan), runs `scarce study CORPUS --flops F
 --budget-hours H` on all cores (one worker of one thread per core) as a user would, and reports the
 study's wall time (the whole command, from start to the report) against the budget: the target is at most
 1.15x. Also reported: what the study dropped to keep the budget (from its results.json), its design, and
@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +35,17 @@ def main():
     parser.add_argument("--flops", type=float, default=1e15)
     parser.add_argument("--hours", type=float, default=0.15)
     parser.add_argument("--hogs", type=int, default=1, help="processes spinning a core each, for the study's whole run")
+    parser.add_argument("--hog-after", type=float, default=0.0,
+                        help="seconds after the study starts that the hogs start (after its calibration: it must re-plan)")
     parser.add_argument("--workers", type=int, default=None, help="default: every usable core")
     parser.add_argument("--note", default="", help="recorded with the results: what else ran on the machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "study_budget.json")
     args = parser.parse_args()
     workers = args.workers or usable_cpus()
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
+    hogs: list[subprocess.Popen] = []
+    start_hogs = threading.Timer(args.hog_after, lambda: hogs.extend(subprocess.Popen([sys.executable, "-c", HOG])
+                                                                      for _ in range(args.hogs)))
+    start_hogs.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-study-budget-") as work:
             out = Path(work) / "study"
@@ -55,6 +61,7 @@ def main():
                 sys.exit(f"error: the study failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
             results = json.loads((out / "results.json").read_text())
     finally:
+        start_hogs.cancel()
         for hog in hogs:
             hog.kill()
     budget = args.hours * 3600
@@ -64,6 +71,7 @@ def main():
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": " ".join([*command[:-1], "DIR"]),
         "hogs": args.hogs,
+        "hogs_started_after_s": args.hog_after,
         "note": args.note,
         "budget_s": budget,
         "wall_s": wall,
