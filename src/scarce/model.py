@@ -1,8 +1,8 @@
 """The decoder: a Llama-style transformer, and the named size ladder with its parameter and FLOP counts.
 
-Pre-norm RMSNorm, rotary position embeddings (or learned absolute ones, GPT-2's), SwiGLU MLP, optional QK-norm, untied input and output
-embeddings, no biases, causal attention through scaled_dot_product_attention, dropout on the attention
-output (the MIR recipe uses 0.1).
+Pre-norm RMSNorm, rotary position embeddings (or learned absolute ones, GPT-2's), SwiGLU MLP, optional
+QK-norm, untied input and output embeddings, no biases, causal attention through
+scaled_dot_product_attention, dropout on the attention output (the MIR recipe uses 0.1).
 """
 
 import torch
@@ -161,7 +161,9 @@ class Transformer(nn.Module):
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len {self.shape.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        x = self.embed_at(tokens, torch.arange(T, device=tokens.device))
+        x = self.embed(tokens)
+        if self.pos_embed is not None:  # no position index built for a rotary model
+            x = x + self.pos_embed.weight[:T]
         for block in self.blocks[:-1]:
             x = block(x, cos, sin)
         last = self.blocks[-1]
