@@ -10,7 +10,7 @@ every input-embedding and output-head row to the warm-up's mean embedding row (t
 `everything` transfer with `average` embedding init).
 
     python evidence/haystack.py run [--runs-dir runs/evidence-haystack] [--seeds 0] [--steps 10000] [--arms scratch dyck ...]
-                                    [--positions learned]
+                                    [--positions learned] [--set model.qk_norm=false ...]
     python evidence/haystack.py collect [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json] [--earlier OLD.json]
     python evidence/haystack.py attention [--runs-dir DIR ...] [--out docs/evidence/procedural_haystack.json]
 
@@ -46,20 +46,23 @@ INDEX = "arms.json"  # arm and seed → run directory, written as each run start
 
 
 def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_steps: int = WARMUP_STEPS,
-        positions: str = "rope") -> None:
+        positions: str = "rope", sets: tuple[str, ...] = ()) -> None:
     """`positions` "learned": both the warm-up and the haystack model use learned absolute positions (the
     reference's GPT-2 wpe), and the warm-up's are transferred with attention, MLP and norms, as the
-    reference's `everything` transfer copies wpe from a warm-up at least as long as the haystack rows."""
+    reference's `everything` transfer copies wpe from a warm-up at least as long as the haystack rows.
+    `sets`: config overrides (e.g. model.qk_norm=false) for both the warm-up and the haystack run, named in
+    the arm's key and its runs' names."""
     torch.set_num_threads(1)
     runs_dir.mkdir(parents=True, exist_ok=True)
     index_path = runs_dir / INDEX
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     learned = positions == "learned"
-    model = ["model.positions='learned'"] if learned else []
-    tag = "-learned" if learned else ""
+    model = (["model.positions='learned'"] if learned else []) + list(sets)
+    tag = ("-learned" if learned else "") + "".join(f"-{item.split('.')[-1].replace('=', '-')}" for item in sets)
+    variant = ", ".join((["learned positions"] if learned else []) + list(sets))
     for seed in seeds:
         for arm in arms:
-            warmup_params, key = ARMS[arm], f"{arm}{' (learned positions)' if learned else ''}/seed{seed}"
+            warmup_params, key = ARMS[arm], f"{arm}{f' ({variant})' if variant else ''}/seed{seed}"
             if key in index:
                 continue
             warmup = None
@@ -257,6 +260,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--positions", choices=["rope", "learned"], default="rope",
                         help="run: the models' positions (learned: GPT-2's absolute embeddings, transferred too)")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="run: a config override for the warm-up and the haystack run, e.g. model.qk_norm=false")
     parser.add_argument("--steps", type=int, default=PAPER_STEPS)
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     parser.add_argument("--earlier", type=Path, default=None, help="collect: carry over the arms of this earlier JSON")
@@ -271,7 +276,7 @@ def main():
         args.out.with_suffix(".table.md").write_text(tables(result))
         print(tables(result))
     elif args.what == "run":
-        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps, args.positions)
+        run(args.runs_dir[0], args.seeds, args.steps, args.arms, args.warmup_steps, args.positions, tuple(args.sets))
     else:
         result = collect(args.runs_dir, args.out, args.earlier)
         print(json.dumps({"warmups": result["warmups"], **{k: {**a, "curve": a["curve"][-3:]} for k, a in result["arms"].items()}},
