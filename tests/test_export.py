@@ -106,11 +106,13 @@ def test_an_option_transformers_cannot_express_is_refused_and_named(tmp_path, bp
     assert not (tmp_path / "hf").exists()
 
 
-def test_learned_positions_are_refused_by_name(tmp_path, bpe):
+@pytest.mark.parametrize("option", [{"positions": "learned"}, {"block": "gpt2"}])
+def test_learned_positions_and_the_gpt2_block_are_refused_by_name(tmp_path, bpe, option):
     from scarce.model import Transformer, model_shape
 
-    model = Transformer(model_shape("micro", vocab_size=bpe.vocab_size, seq_len=32, positions="learned"))
-    with pytest.raises(ScarceError, match="model.positions='learned'"):
+    model = Transformer(model_shape("micro", vocab_size=bpe.vocab_size, seq_len=32, **option))
+    (key, value), = option.items()
+    with pytest.raises(ScarceError, match=f"model.{key}='{value}'"):
         export_model(model, bpe, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

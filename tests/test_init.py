@@ -31,6 +31,19 @@ def source_run(tmp_path_factory):
     return train(config(root, "source", "train.seed=7"), progress=False)
 
 
+def test_the_gpt2_blocks_biases_go_with_their_layers():
+    """In GPT-2's block each bias is transferred with its weight: a projection's with its group (and "heads"
+    with the q/k/v projection), a LayerNorm's with the norms (and "attn+ln" with the norm before attention)."""
+    from scarce.model import Transformer, model_shape
+
+    names = Transformer(model_shape("micro", vocab_size=40, seq_len=8, block="gpt2")).state_dict()
+    groups = {n: weight_group(n) for n in names if n.endswith(".bias")}
+    assert groups["blocks.0.attn.qkv.bias"] == groups["blocks.0.attn.out.bias"] == "attention"
+    assert groups["blocks.0.mlp.up.bias"] == "mlp" and groups["blocks.0.attn_norm.bias"] == groups["norm.bias"] == "norms"
+    assert sorted(n for n in names if transferred(n, ["heads"]))[:2] == ["blocks.0.attn.qkv.bias", "blocks.0.attn.qkv.weight"]
+    assert transferred("blocks.1.attn_norm.bias", ["attn+ln"]) and not transferred("blocks.1.mlp_norm.bias", ["attn+ln"])
+
+
 @pytest.mark.parametrize("groups", [["attention"], ["mlp", "norms"], ["attention", "mlp", "norms", "embeddings", "head"],
                                     ["heads"], ["attn+ln", "mlp"]])
 def test_exactly_the_named_groups_are_copied(tmp_path, source_run, groups):

@@ -5,13 +5,49 @@ from scarce.errors import ScarceError
 from scarce.model import SIZES, Transformer, model_shape
 
 
-def test_counted_params_match_the_module():
+@pytest.mark.parametrize("options", [{}, {"block": "gpt2"}, {"block": "gpt2", "positions": "learned", "qk_norm": False}])
+def test_counted_params_match_the_module(options):
     for size in ("micro", "tiny"):
-        shape = model_shape(size, vocab_size=300, seq_len=32)
+        shape = model_shape(size, vocab_size=300, seq_len=32, **options)
         model = Transformer(shape)
         assert sum(p.numel() for p in model.parameters()) == shape.total_params()
         embeddings = model.embed.weight.numel() + model.head.weight.numel()
+        embeddings += model.pos_embed.weight.numel() if model.pos_embed is not None else 0
         assert shape.total_params() - shape.non_embedding_params() == embeddings
+
+
+def test_the_gpt2_block_computes_what_transformers_gpt2_computes():
+    """block="gpt2" with learned positions and no QK-norm is GPT-2: its weights loaded into transformers'
+    GPT2LMHeadModel (untied head) give the same logits, after a few optimizer steps moved every bias."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    shape = model_shape("micro", vocab_size=60, seq_len=16, block="gpt2", positions="learned", qk_norm=False)
+    model = Transformer(shape)
+    assert all(not p.any() for n, p in model.named_parameters() if n.endswith(".bias"))  # GPT-2's init
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        tokens = torch.randint(0, 60, (4, 16))
+        torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=60, n_positions=16, n_embd=shape.d_model, n_layer=shape.n_layers, n_head=shape.n_heads,
+        n_inner=shape.hidden, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)).eval()
+    ours = model.state_dict()
+    weights = {"transformer.wte.weight": ours["embed.weight"], "transformer.wpe.weight": ours["pos_embed.weight"],
+               "transformer.ln_f.weight": ours["norm.weight"], "transformer.ln_f.bias": ours["norm.bias"],
+               "lm_head.weight": ours["head.weight"]}
+    for i in range(shape.n_layers):
+        src, dst = f"blocks.{i}.", f"transformer.h.{i}."
+        for theirs, mine in {"ln_1": "attn_norm", "ln_2": "mlp_norm"}.items():
+            weights |= {dst + theirs + ".weight": ours[src + mine + ".weight"], dst + theirs + ".bias": ours[src + mine + ".bias"]}
+        for theirs, mine in {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out", "mlp.c_fc": "mlp.up",
+                             "mlp.c_proj": "mlp.down"}.items():  # GPT-2's Conv1D stores (in, out)
+            weights |= {dst + theirs + ".weight": ours[src + mine + ".weight"].T, dst + theirs + ".bias": ours[src + mine + ".bias"]}
+    hf.load_state_dict(weights, strict=False)
+    tokens = torch.randint(0, 60, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens), hf(tokens).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_ladder_names_match_the_mir_paper_sizes_with_gpt2_vocab():

@@ -22,7 +22,8 @@ def micro(seed: int, **overrides) -> Transformer:
     return Transformer(model_shape("micro", vocab_size=48, seq_len=12, **overrides)).eval()
 
 
-@pytest.mark.parametrize("options", [{"qk_norm": True}, {"qk_norm": False}, {"positions": "learned"}])
+@pytest.mark.parametrize("options", [{"qk_norm": True}, {"qk_norm": False}, {"positions": "learned"},
+                                     {"block": "gpt2", "positions": "learned", "qk_norm": False}])
 def test_cached_logits_equal_the_full_forward_with_rows_at_different_positions(options):
     model = micro(0, **options)
     tokens = torch.randint(0, 48, (2, 12))

@@ -100,6 +100,7 @@ class ModelConfig(Section):
     qk_norm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
     positions: Literal["rope", "learned"] = "rope"  # rotary, or learned absolute embeddings (GPT-2's wpe)
+    block: Literal["llama", "gpt2"] = "llama"  # RMSNorm + SwiGLU, no biases; or GPT-2's LayerNorm + GELU, biases
 
     @field_validator("size")
     @classmethod

@@ -2,7 +2,8 @@
 
 Pre-norm RMSNorm, rotary position embeddings (or learned absolute ones, GPT-2's), SwiGLU MLP, optional
 QK-norm, untied input and output embeddings, no biases, causal attention through
-scaled_dot_product_attention, dropout on the attention output (the MIR recipe uses 0.1).
+scaled_dot_product_attention, dropout on the attention output (the MIR recipe uses 0.1). `block="gpt2"`
+swaps in GPT-2's block (LayerNorm, a GELU MLP 4× wide, biases), the procedural paper's reference models.
 """
 
 import torch
@@ -15,8 +16,9 @@ from scarce.shapes import SIZES, ModelShape, model_shape  # noqa: F401  (the lad
 def weight_group(name: str) -> str:
     """The group of a parameter, by its name in Transformer.state_dict(): what weight transfer copies.
 
-    norms are the residual stream's RMSNorm gains (before attention, before the MLP, final); QK-norm gains
-    belong to attention, whose computation they are part of.
+    norms are the residual stream's norms (before attention, before the MLP, final: RMSNorm gains, or
+    LayerNorm gains and biases in GPT-2's block); QK-norm gains belong to attention, whose computation they
+    are part of, as do its projections' biases.
     """
     if name.startswith("embed."):
         return "embeddings"
@@ -35,8 +37,8 @@ def transferred(name: str, groups) -> bool:
     """Whether weight `name` is copied when `groups` are: whole groups (weight_group), or the procedural
     reference's narrower selections, "heads" (the q/k/v projection only) and "attn+ln" (attention and the
     norm before it)."""
-    return (weight_group(name) in groups or ("heads" in groups and name.endswith(".attn.qkv.weight"))
-            or ("attn+ln" in groups and (weight_group(name) == "attention" or name.endswith(".attn_norm.weight"))))
+    return (weight_group(name) in groups or ("heads" in groups and ".attn.qkv." in name)
+            or ("attn+ln" in groups and (weight_group(name) == "attention" or ".attn_norm." in name)))
 
 
 class RMSNorm(nn.Module):
@@ -63,12 +65,17 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def norm(shape: ModelShape) -> nn.Module:
+    return nn.LayerNorm(shape.d_model) if shape.block == "gpt2" else RMSNorm(shape.d_model)
+
+
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.n_heads, self.head_dim = shape.n_heads, shape.head_dim
-        self.qkv = nn.Linear(shape.d_model, 3 * shape.d_model, bias=False)
-        self.out = nn.Linear(shape.d_model, shape.d_model, bias=False)
+        bias = shape.block == "gpt2"
+        self.qkv = nn.Linear(shape.d_model, 3 * shape.d_model, bias=bias)
+        self.out = nn.Linear(shape.d_model, shape.d_model, bias=bias)
         self.q_norm = RMSNorm(shape.head_dim) if shape.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(shape.head_dim) if shape.qk_norm else nn.Identity()
         self.dropout = nn.Dropout(shape.dropout)
@@ -98,11 +105,23 @@ class MLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+class GELUMLP(nn.Module):
+    """GPT-2's MLP: up, GELU (its tanh approximation), down; with biases."""
+
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.up = nn.Linear(shape.d_model, shape.hidden)
+        self.down = nn.Linear(shape.hidden, shape.d_model)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
 class Block(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(shape.d_model), Attention(shape)
-        self.mlp_norm, self.mlp = RMSNorm(shape.d_model), MLP(shape)
+        self.attn_norm, self.attn = norm(shape), Attention(shape)
+        self.mlp_norm, self.mlp = norm(shape), GELUMLP(shape) if shape.block == "gpt2" else MLP(shape)
 
     def forward(self, x, cos, sin, positions=None):
         if positions is None:
@@ -122,7 +141,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(shape.vocab_size + shape.extra_input_tokens, shape.d_model,
                                   _weight=torch.cat([vocab_rows, vocab_rows.new_empty(shape.extra_input_tokens, shape.d_model)]))
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
-        self.norm = RMSNorm(shape.d_model)
+        self.norm = norm(shape)
         self.head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
         # registered last, so a rotary model's draws at a seed are the same as before it existed
         self.pos_embed = nn.Embedding(shape.seq_len, shape.d_model) if shape.positions == "learned" else None
@@ -135,7 +154,9 @@ class Transformer(nn.Module):
         # GPT-2 style: N(0, 0.02), residual output projections scaled down by depth
         vocab = self.shape.vocab_size
         for name, p in self.named_parameters():
-            if p.dim() == 2:
+            if name.endswith(".bias"):  # GPT-2's block: zero, as GPT-2 initializes them
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
                 std = 0.02 / (2 * self.shape.n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else 0.02
                 nn.init.normal_(p[:vocab] if name == "embed.weight" else p, mean=0.0, std=std)
         # input-only rows (MIR's mask token) drawn last: a run with them starts from the same shared weights

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from scarce.errors import ScarceError
 
 POSITIONS = ("rope", "learned")
+# "llama": RMSNorm, SwiGLU MLP (8/3·d hidden), no biases; "gpt2": LayerNorm, GELU MLP (4·d hidden), biases on
+# every linear layer and norm, as GPT-2's (the procedural paper's reference models)
+BLOCKS = ("llama", "gpt2")
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,15 @@ class ModelShape:
     # "rope": rotary positions in attention; "learned": absolute position embeddings added to the input, as
     # GPT-2's wpe (the procedural paper's diagnostic models), the rotary tables then the identity
     positions: str = "rope"
+    block: str = "llama"
     # input-only tokens after the vocabulary (MIR's mask token): embedding rows that are never predicted
     extra_input_tokens: int = 0
 
     @property
     def hidden(self) -> int:
-        return self.ffn_hidden or 32 * -(-(8 * self.d_model // 3) // 32)
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        return 4 * self.d_model if self.block == "gpt2" else 32 * -(-(8 * self.d_model // 3) // 32)
 
     @property
     def head_dim(self) -> int:
@@ -39,10 +45,13 @@ class ModelShape:
         return (2 * self.vocab_size + self.extra_input_tokens + positions) * self.d_model
 
     def non_embedding_params(self) -> int:
-        attention = 4 * self.d_model * self.d_model
-        mlp = 3 * self.d_model * self.hidden
-        norms = 2 * self.d_model + (2 * self.head_dim if self.qk_norm else 0)
-        return self.n_layers * (attention + mlp + norms) + self.d_model  # + final norm
+        d, h = self.d_model, self.hidden
+        if self.block == "gpt2":  # biases: q, k, v, out; the MLP's two layers; LayerNorms have a bias too
+            attention, mlp, norm = 4 * d * d + 4 * d, 2 * d * h + h + d, 2 * d
+        else:
+            attention, mlp, norm = 4 * d * d, 3 * d * h, d
+        norms = 2 * norm + (2 * self.head_dim if self.qk_norm else 0)
+        return self.n_layers * (attention + mlp + norms) + norm  # + final norm
 
     def total_params(self) -> int:
         return self.embedding_params() + self.non_embedding_params()
@@ -79,6 +88,8 @@ def model_shape(size: str, **overrides) -> ModelShape:
     shape = ModelShape(**{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
     if shape.positions not in POSITIONS:
         raise ScarceError(f"model.positions: unknown {shape.positions!r}; choose one of {', '.join(POSITIONS)}")
+    if shape.block not in BLOCKS:
+        raise ScarceError(f"model.block: unknown {shape.block!r}; choose one of {', '.join(BLOCKS)}")
     if shape.d_model % shape.n_heads or shape.head_dim % 2:
         raise ScarceError(
             f"model: d_model={shape.d_model} must split into n_heads={shape.n_heads} heads of even size"
