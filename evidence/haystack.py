@@ -58,7 +58,8 @@ def run(runs_dir: Path, seeds: list[int], steps: int, arms: list[str], warmup_st
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     learned = positions == "learned"
     model = (["model.positions='learned'"] if learned else []) + list(sets)
-    tag = ("-learned" if learned else "") + "".join(f"-{item.split('.')[-1].replace('=', '-')}" for item in sets)
+    tag = ("-learned" if learned else "") + "".join(f"-{key.split('.')[-1]}-{value.strip(chr(34) + chr(39))}"
+                                                  for key, value in (item.split("=", 1) for item in sets))
     variant = ", ".join((["learned positions"] if learned else []) + list(sets))
     for seed in seeds:
         for arm in arms:
