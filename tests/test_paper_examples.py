@@ -58,6 +58,8 @@ def test_procedural_gpt2_small_warmup_and_semantic_run_are_the_references():
     config = d["config"]
     model = config.model
     assert (model.n_layers, model.d_model, model.n_heads, model.seq_len) == (12, 768, 12, 2048)  # GPT-2 small's shape
+    assert (model.block, model.positions, model.qk_norm) == ("gpt2", "learned", False)  # and its block
+    assert config.optim.beta2 == config.procedural.optim.beta2 == 0.999  # the HF Trainer's AdamW
     assert d["tokens_per_step"] == 32 * 2048 and config.train.tokens // d["tokens_per_step"] == 10_000
     assert (config.optim.lr, config.optim.final_lr_fraction, config.optim.warmup_fraction) == (5e-4, 0.1, 0.0)
     p = config.procedural
