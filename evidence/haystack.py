@@ -131,6 +131,8 @@ def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> di
                                                           "batch": PAPER_BATCH}},
         "paper": PAPER_HAYSTACK, "chance": HAYSTACK_CHANCE, "arms": arms, "warmups": warmups,
     }
+    if earlier is not None:  # the earlier attention probes (their runs may be gone)
+        result |= {key: kept[key] for key in ("attention", "rope_previous_token_margin") if key in kept}
     write_json_atomic(out, result)
     out.with_suffix(".table.md").write_text(tables(result))
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -267,10 +269,10 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("docs/evidence/procedural_haystack.json"))
     parser.add_argument("--earlier", type=Path, default=None, help="collect: carry over the arms of this earlier JSON")
     args = parser.parse_args()
-    if args.what == "attention":  # every finished haystack run in the runs dirs: written into --out's JSON
+    if args.what == "attention":  # every finished haystack run in the runs dirs: added to --out's JSON
         result = json.loads(args.out.read_text())
         finished = [d for r in args.runs_dir for d in sorted(r.glob("haystack-*")) if runs.read_summary(d)["status"] == "completed"]
-        result["attention"] = {d.name: attention(d) for d in finished}
+        result["attention"] = result.get("attention", {}) | {d.name: attention(d) for d in finished}
         result["rope_previous_token_margin"] = {"head_dim": 4, "rope_theta": 10000.0,
                                                 "margin": rope_previous_token_margin(4, 10000.0)}
         write_json_atomic(args.out, result)
