@@ -155,19 +155,10 @@ def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> di
     return result
 
 
-def attention(run_dir: Path, examples: int = 1000) -> dict:
-    """What the run's attention does on held-out haystack rows (its newest checkpoint): per layer, the head
-    with the most weight (a) from each value to the token just before it, its key (a previous-token head,
-    the first half of an induction circuit) and (b) from the query to the queried pair's value and key
-    positions (the retrieval the task needs). Means over the rows' positions; uniform attention over a row's
-    context gives `uniform_at_a_value` and `uniform_at_the_query` (the means of 1/(position + 1))."""
-    from scarce.evals.run import load_run_model
+def attention_weights(model, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's causal attention weights on `tokens`, (B, H, T, T), recomputed from the block's input."""
     from scarce.model import apply_rope
-    from scarce.procedural.diagnostics import QUERY_BASE, Haystack
 
-    _, model, _, checkpoint = load_run_model(run_dir)
-    heldout = Haystack().heldout()
-    tokens = torch.from_numpy(heldout.tokens[:examples, :-1].astype("int64"))  # the model's input: all but the target
     weights = []
 
     def capture(attn):
@@ -185,6 +176,22 @@ def attention(run_dir: Path, examples: int = 1000) -> dict:
         model(tokens)
     for h in hooks:
         h.remove()
+    return weights
+
+
+def attention(run_dir: Path, examples: int = 1000) -> dict:
+    """What the run's attention does on held-out haystack rows (its newest checkpoint): per layer, the head
+    with the most weight (a) from each value to the token just before it, its key (a previous-token head,
+    the first half of an induction circuit) and (b) from the query to the queried pair's value and key
+    positions (the retrieval the task needs). Means over the rows' positions; uniform attention over a row's
+    context gives `uniform_at_a_value` and `uniform_at_the_query` (the means of 1/(position + 1))."""
+    from scarce.evals.run import load_run_model
+    from scarce.procedural.diagnostics import QUERY_BASE, Haystack
+
+    _, model, _, checkpoint = load_run_model(run_dir)
+    heldout = Haystack().heldout()
+    tokens = torch.from_numpy(heldout.tokens[:examples, :-1].astype("int64"))  # the model's input: all but the target
+    weights = attention_weights(model, tokens)
     at = (tokens >= QUERY_BASE).int().argmax(1)  # the query's position, 2·pairs
     rows = torch.arange(len(tokens))
     asked = tokens[rows, at] - QUERY_BASE + 128
