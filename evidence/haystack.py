@@ -122,7 +122,7 @@ def collect(runs_dirs: list[Path], out: Path, earlier: Path | None = None) -> di
         for key, arm in kept["arms"].items():
             if arm["run"] not in {a["run"] for a in arms.values()}:
                 steps = f", {arm['warmup_steps']:,}-step warm-up" if arm["warmup_steps"] else ""
-                arms[f"{key} (earlier{steps})"] = arm
+                arms[key if "(earlier" in key else f"{key} (earlier{steps})"] = arm  # labelled once
         warmups.update({k: w for k, w in kept["warmups"].items() if k not in warmups})
     result = {
         "protocol": {"steps": PAPER_STEPS, "batch": PAPER_BATCH, "model": "2 layers, 4 heads, width 16",
