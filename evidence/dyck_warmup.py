@@ -63,7 +63,7 @@ def probe(run_dir: Path, examples: int = 1000) -> dict:
     with torch.no_grad():
         logits = model(tokens[:, :-1])
     k = task.k
-    queries, opened = [], []  # (row, position) before a close; the position of the bracket it closes
+    queries, opened, bag = [], [], []  # (row, position) before a close; the position of the bracket it closes
     for b, row in enumerate(tokens.tolist()):
         stack = []
         for t, token in enumerate(row[:-1]):
@@ -74,6 +74,7 @@ def probe(run_dir: Path, examples: int = 1000) -> dict:
             if row[t + 1] >= k and stack:
                 queries.append((b, t))
                 opened.append(stack[-1])
+                bag.append(1 / len({row[i] for i in stack}))  # a uniform guess among the unmatched types
     b, t = torch.tensor(queries).T
     opened = torch.tensor(opened)
     right = logits[b, t, k:2 * k].argmax(-1) + k == tokens[b, t + 1]
@@ -86,17 +87,21 @@ def probe(run_dir: Path, examples: int = 1000) -> dict:
             "close_type_accuracy_own_token": float(right[~deeper].float().mean()),
             "close_type_accuracy_deeper": float(right[deeper].float().mean()),
             "chance_deeper": 1 / k,
+            # what counting alone gets: the open types still unmatched, their order ignored (attention
+            # that averages the context can compute this; matching the innermost bracket needs more)
+            "unmatched_types_guess_deeper": float(torch.tensor(bag)[deeper].mean()),
             "to_the_bracket_closed_by_layer": by_layer,
             "best_head_to_the_bracket_closed": max(max(layer) for layer in by_layer),
             "uniform_to_the_bracket_closed": float((1 / (t[deeper] + 1).float()).mean())}
 
 
 def table(result: dict) -> str:
-    lines = ["| warm-up | steps × rows | final val loss | close type right, bracket opened earlier (chance) | "
-             "best head's weight on it (uniform) |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| warm-up | steps × rows | final val loss | close type right, bracket opened earlier (chance; "
+             "a guess among the unmatched types) | best head's weight on it (uniform) |", "| --- | --- | --- | --- | --- |"]
     for name, r in result.items():
         lines.append(f"| {name} | {r['steps']:,} × {r['batch_size']:,} | {r['final_val_loss']:.3f} | "
-                     f"{r['close_type_accuracy_deeper']:.1%} ({r['chance_deeper']:.1%}) | "
+                     f"{r['close_type_accuracy_deeper']:.1%} ({r['chance_deeper']:.1%}; "
+                     f"{r['unmatched_types_guess_deeper']:.1%}) | "
                      f"{r['best_head_to_the_bracket_closed']:.3f} ({r['uniform_to_the_bracket_closed']:.3f}) |")
     return "\n".join(lines) + "\n"
 

@@ -171,6 +171,7 @@ def attention_weights(model, tokens: torch.Tensor) -> list[torch.Tensor]:
             weights.append(scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1))
         return hook
 
+    model.eval()  # no dropout
     hooks = [block.attn_norm.register_forward_hook(capture(block.attn)) for block in model.blocks]
     with torch.no_grad():
         model(tokens)
