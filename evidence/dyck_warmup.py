@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from haystack import attention_weights
+from haystack import DYCK, attention_weights
 
 from scarce import runs
 from scarce.atomic import write_json_atomic
@@ -31,17 +31,17 @@ GPT2 = ["model.block='gpt2'", "model.positions='learned'", "model.qk_norm=false"
 # name → (Dyck params, steps, rows per step, overrides): the haystack's recipe (lr 1e-3 cosine, 500 warm-up
 # steps' worth of fraction, weight decay 0.001) unless overridden
 RECIPES = {
-    "default": ({"k": 16, "length": 64}, 1000, 1000, []),  # what evidence/haystack.py's Dyck arms start from
-    "no-qk-norm": ({"k": 16, "length": 64}, 1000, 1000, ["model.qk_norm=false"]),
-    "gpt2": ({"k": 16, "length": 64}, 1000, 1000, GPT2),
-    "gpt2-3000-steps": ({"k": 16, "length": 64}, 3000, 1000, GPT2),
+    "default": (DYCK, 1000, 1000, []),  # what evidence/haystack.py's Dyck arms start from
+    "no-qk-norm": (DYCK, 1000, 1000, ["model.qk_norm=false"]),
+    "gpt2": (DYCK, 1000, 1000, GPT2),
+    "gpt2-3000-steps": (DYCK, 3000, 1000, GPT2),
     # the reference's Dyck script defaults (k 16, 128 tokens, batch 64, lr 5e-5 constant, weight decay 0.01,
     # dropout 0.1, here scarce's on the attention output); its step count is not given: 10,000 steps
     # (81M tokens, more than the 1,000 x 1,000 x 63 above)
-    "reference-script": ({"k": 16, "length": 128}, 10000, 64,
+    "reference-script": ({**DYCK, "length": 128}, 10000, 64,
                          [*GPT2, "model.dropout=0.1", "optim.lr=5e-5", "optim.schedule='constant'",
                           "optim.warmup_fraction=0.0", "optim.weight_decay=0.01"]),
-    "k4": ({"k": 4, "length": 64}, 1000, 1000, []),  # fewer bracket types than the width's 16 dimensions
+    "k4": ({**DYCK, "k": 4}, 1000, 1000, []),  # fewer bracket types than the width's 16 dimensions
 }
 
 
