@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,9 +38,10 @@ RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, fin
 # the one-hour studies of docs/studies spent 2.0 and 3.6 minutes there.
 ANALYSIS_FRACTION = 0.1
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
-# Sampling, per requested token and teacher, measured ~18× a training token's time (micro teachers on a CPU,
-# KV-cached, batch 64; documents in flight finish, so about twice the requested tokens come out).
-SAMPLING_SLOWDOWN = 20.0
+# Sampling's cost per draw over a training token's, used only for designs saved before sampling was timed
+# (`calibrate_sampling`; measured 2.8× for four KV-cached micro teachers on this repo's 2-core CPU).
+SAMPLING_SLOWDOWN = 3.0
+SAMPLING_BATCH = 64  # sample_synthetic's rows in flight: up to this many documents × context finish past the pool
 DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
 
 @dataclass
@@ -167,6 +168,8 @@ class Design:
     hours_to_identify_n: float | None = None
     hours_for_4x_budget: float | None = None
     dropped: list[str] = field(default_factory=list)  # interventions the budget could not afford (DROP_ORDER)
+    # calibrated seconds per draw of the `members` teachers sampling together (None: designed before it was timed)
+    sampling_seconds_per_draw: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Design:
@@ -217,6 +220,31 @@ def _time_steps(shape, base: RunConfig, device, steps: int) -> float:
     return (time.perf_counter() - started) / (steps * base.train.batch_size * base.model.seq_len)
 
 
+def calibrate_sampling(base: RunConfig, size: str, members: int, threads: int | None = None) -> float:
+    """Seconds per draw of `members` freshly initialized models of `size` sampling together as distillation's
+    teachers do (scarce.train.sample: KV-cached, SAMPLING_BATCH rows), timed here over one batch of whole
+    contexts (about a second on a CPU). A constant ratio to training (20× per teacher) had overpredicted a
+    study's sampling 10×."""
+    import torch
+
+    from scarce.model import Transformer, model_shape
+    from scarce.train.sample import sample_documents
+
+    shape = model_shape(size, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len)
+    device = torch.device("cuda" if base.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        models = [Transformer(shape).to(device).eval() for _ in range(members)]
+        stats: dict = {}
+        with torch.no_grad():
+            for _ in sample_documents(models, SAMPLING_BATCH, 0, batch_size=SAMPLING_BATCH, stats=stats):
+                pass
+        return stats["seconds"] / stats["draws"]
+    finally:
+        torch.set_num_threads(threads_before)
+
+
 def step_tokens(base: RunConfig) -> int:
     return base.train.batch_size * base.model.seq_len
 
@@ -227,25 +255,39 @@ def nested_budgets(largest: int, count: int, step: int) -> list[int]:
     return budgets
 
 
+def planning_epochs(level: Level) -> int:
+    """The epochs the runs after the grid are budgeted at before the grid has tuned them: the middle of the
+    grid's (4 of 1, 4, 16), what the grid chose at most budgets of docs/studies. Budgeting them at the
+    largest had left half of a study's time unspent; a study whose tuned epochs come out larger re-plans
+    with them after the grid (`to_drop`)."""
+    return sorted(level.epochs)[len(level.epochs) // 2]
+
+
 def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[Intervention],
-                 base: RunConfig, cells: Sequence[tuple[str, int]] | None = None) -> list[list[tuple[str, float]]]:
+                 base: RunConfig, cells: Sequence[tuple[str, int]] | None = None,
+                 tuned_epochs: Mapping[int, float] | None = None,
+                 sampling_slowdown: float = SAMPLING_SLOWDOWN) -> list[list[tuple[str, float]]]:
     """What a design will compute, stage by stage, as (size, training-token equivalents): the grid (its
     `cells`, default all); the single-run interventions and ensemble members; the teachers' sampling (in the
-    driver, one at a time); the distillation students. Interventions are budgeted at the grid's largest
-    epochs (their tuned epochs are not known yet), the evaluation as a third of a training step per
+    driver, one at a time; `sampling_slowdown` is a draw of all teachers over a training token); the
+    distillation students. The runs after the grid are budgeted at each budget's `tuned_epochs` once the
+    grid has chosen them, before at `planning_epochs`; the evaluation as a third of a training step per
     evaluated token."""
     evaluation = (base.data.eval_tokens or 0) / 3
-    most, small = max(level.epochs), level.sizes[0]
+    small = level.sizes[0]
+    epochs = {d: (tuned_epochs or {}).get(d, planning_epochs(level)) for d in budgets}
     cells = grid_cells(level.sizes, budgets, level.full_sizes) if cells is None else cells
     grid = [(size, d * e + evaluation) for size, d in cells for e in level.epochs for _ in level.weight_decays]
-    after = [(small, d * most * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
+    after = [(small, d * epochs[d] * (MIR_COST if i.name == "mir" else 1 + PROCEDURAL_FRACTION) + evaluation)
              for i in interventions if i.measure == "single" for d in i.where(budgets)]
     ensembles = list(budgets)  # seeds of every tuned setting: the reference every verdict is judged against
-    after += [(small, d * most + evaluation) for d in ensembles for _ in range(level.members - 1)]
+    after += [(small, d * epochs[d] + evaluation) for d in ensembles for _ in range(level.members - 1)]
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
-    sampling = [(small, SAMPLING_SLOWDOWN * level.members * synthetic_tokens(d, most)) for d in distilled]
-    students = [(small, d * most / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
+    # documents in flight finish past the pool: up to a batch of whole contexts more draws
+    sampling = [(small, sampling_slowdown * (synthetic_tokens(d, epochs[d]) + SAMPLING_BATCH * base.model.seq_len))
+                for d in distilled]
+    students = [(small, d * epochs[d] / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
     return [grid, after, scoring, sampling, students]
 
 
@@ -270,8 +312,13 @@ def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_t
     return total
 
 
+def sampling_slowdown(seconds_per_token: Mapping[str, float], size: str, seconds_per_draw: float | None) -> float:
+    """A draw of the teachers sampling together over a training token of `size`, as calibrated."""
+    return seconds_per_draw / seconds_per_token[size] if seconds_per_draw else SAMPLING_SLOWDOWN
+
+
 def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, float], workers: int,
-                 interventions: Sequence[Intervention]) -> Design:
+                 interventions: Sequence[Intervention], sampling_seconds_per_draw: float | None = None) -> Design:
     """The richest level whose largest budget, the most that fits (1 − ANALYSIS_FRACTION) of the time,
     is at least its `min_steps`; budgets never exceed U."""
     step = step_tokens(base)
@@ -286,10 +333,12 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             continue
         for dropped in drops:
             active = [i for i in everything if i.name not in dropped]
+            slower = sampling_slowdown(seconds_per_token, level.sizes[0], sampling_seconds_per_draw)
 
             def fits(steps: int) -> bool:
                 budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (called in this iteration)
-                return predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers) <= seconds  # noqa: B023
+                stages = planned_runs(level, budgets, active, base, sampling_slowdown=slower)  # noqa: B023
+                return predict_seconds(stages, seconds_per_token, workers) <= seconds
 
             cap = inputs.unique_tokens // step
             lo, hi = 0, 1
@@ -301,11 +350,13 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
             if lo >= level.min_steps:
                 budgets = nested_budgets(lo * step, level.budgets, step)
-                predicted = predict_seconds(planned_runs(level, budgets, active, base), seconds_per_token, workers)
+                predicted = predict_seconds(planned_runs(level, budgets, active, base, sampling_slowdown=slower),
+                                            seconds_per_token, workers)
                 return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
                               level.members, workers, dict(seconds_per_token), predicted, inputs.hours,
                               level.full_sizes, *_hours_to_identify(level, lo, step, everything, base,
-                                                                    seconds_per_token, workers), dropped)
+                                                                    seconds_per_token, workers, slower),
+                              dropped, sampling_seconds_per_draw)
     active = [i for i in everything if i.name not in DROP_ORDER]
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
     smallest = LEVELS[-1]
@@ -314,7 +365,8 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                           f"budget ({smallest.min_steps * step:,} tokens = {smallest.min_steps} steps of "
                           f"{step:,}); give more --unique-tokens or a larger corpus")
     budgets = nested_budgets(smallest.min_steps * step, smallest.budgets, step)
-    stages = planned_runs(smallest, budgets, active, base)
+    slower = sampling_slowdown(seconds_per_token, smallest.sizes[0], sampling_seconds_per_draw)
+    stages = planned_runs(smallest, budgets, active, base, sampling_slowdown=slower)
     one_run = predict_seconds([stages[0][:1]], seconds_per_token, 1)
     if one_run > inputs.hours * 3600:
         raise ScarceError(f"--budget-hours {inputs.hours:g} is too small for even one run on this machine (predicted "
@@ -322,12 +374,13 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     predicted = predict_seconds(stages, seconds_per_token, workers)
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
                   smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes,
-                  *_hours_to_identify(smallest, smallest.min_steps, step, everything, base, seconds_per_token, workers),
-                  [n for n in DROP_ORDER if n in names])
+                  *_hours_to_identify(smallest, smallest.min_steps, step, everything, base, seconds_per_token, workers,
+                                      slower), [n for n in DROP_ORDER if n in names], sampling_seconds_per_draw)
 
 
 def _hours_to_identify(level: Level, steps: int, step: int, interventions: Sequence[Intervention], base: RunConfig,
-                       seconds_per_token: dict[str, float], workers: int) -> tuple[float | None, float | None]:
+                       seconds_per_token: dict[str, float], workers: int, slower: float
+                       ) -> tuple[float | None, float | None]:
     """The --budget-hours at which this machine's calibrated throughput runs (a) the first level that can
     identify the N term, at its smallest budget (when `level` cannot), and (b) an N-identifying level with
     4× the largest budget (for when the sizes ran but did not separate N from U at these budgets)."""
@@ -336,7 +389,8 @@ def _hours_to_identify(level: Level, steps: int, step: int, interventions: Seque
         if not all(size in seconds_per_token for size in lv.sizes):
             return None
         budgets = nested_budgets(largest_steps * step, lv.budgets, step)
-        seconds = predict_seconds(planned_runs(lv, budgets, interventions, base), seconds_per_token, workers)
+        stages = planned_runs(lv, budgets, interventions, base, sampling_slowdown=slower)
+        seconds = predict_seconds(stages, seconds_per_token, workers)
         return math.ceil(seconds / (1 - ANALYSIS_FRACTION) / 3600 * 100) / 100
 
     identifying = next(lv for lv in LEVELS if lv.name in IDENTIFIES_N[-1:])
@@ -362,19 +416,22 @@ def slowdown(rows: Sequence, design: Design) -> float:
 
 
 def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConfig, from_stage: int,
-            factor: float, seconds_left: float, cells_left: Sequence[tuple[str, int]] = ()
-            ) -> tuple[list[str], list[tuple[str, int]]]:
+            factor: float, seconds_left: float, cells_left: Sequence[tuple[str, int]] = (),
+            tuned_epochs: Mapping[int, float] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
     """What to drop so that the rest (the grid's `cells_left`, then the stages after the grid, from
-    `from_stage` on), predicted at `factor` × the calibrated time, fits `seconds_left`: the fewest
+    `from_stage` on, at the grid's `tuned_epochs` once known), predicted at `factor` × the calibrated
+    time, fits `seconds_left`: the fewest
     lowest-priority interventions (DROP_ORDER), then grid cells from the end of `cells_left` (never the
     first size's). Returns (interventions, cells); when even everything droppable does not fit, all of it."""
     level = level_of(design)
     names = [n for n in DROP_ORDER if n in {i.name for i in interventions}]
     cells = [c for c in cells_left if c[0] != design.sizes[0]][::-1]  # the first size's are never dropped
+    slower = sampling_slowdown(design.seconds_per_token, design.sizes[0], design.sampling_seconds_per_draw)
     for k in range(len(names) + len(cells) + 1):
         dropped, dropped_cells = names[:k], cells[:max(0, k - len(names))]
         keep = [i for i in interventions if i.name not in dropped]
-        stages = planned_runs(level, design.budgets, keep, base, [c for c in cells_left if c not in dropped_cells])
+        stages = planned_runs(level, design.budgets, keep, base, [c for c in cells_left if c not in dropped_cells],
+                              tuned_epochs, slower)
         if predict_seconds([stages[0], *stages[from_stage:]], design.seconds_per_token, design.workers) * factor \
                 <= seconds_left:
             break
@@ -395,7 +452,9 @@ def design_or_resume(inputs: Inputs, base: RunConfig, out: Path, threads: int | 
                       "the same settings are reused)")
     sizes = sorted({s for level in LEVELS for s in level.sizes}, key=lambda s: ["micro", "tiny", "small"].index(s))
     seconds_per_token = calibrate(base, sizes, threads)
-    design = design_study(inputs, base, seconds_per_token, workers, interventions)
+    teachers = max(level.members for level in LEVELS)  # every level's teachers are its first size, micro
+    sampling = calibrate_sampling(base, LEVELS[0].sizes[0], teachers, threads)
+    design = design_study(inputs, base, seconds_per_token, workers, interventions, sampling)
     write_design(out, inputs, design)
     return design
 

@@ -128,14 +128,15 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
     dropped_cells: dict[str, str] = {}
     spec = {"design": asdict(design), "interventions": [i.name for i in interventions]}
 
-    def keep_the_budget(from_stage: int, cells_left: Sequence[tuple[str, int]] = ()) -> list[tuple[str, int]]:
-        """Re-measure the throughput on the runs so far; when the rest would overrun the budget, drop the
-        lowest-priority interventions, then grid cells (each named in the report with the reason). Returns
-        the grid cells still to run."""
+    def keep_the_budget(from_stage: int, cells_left: Sequence[tuple[str, int]] = (),
+                        tuned_epochs: dict[int, float] | None = None) -> list[tuple[str, int]]:
+        """Re-measure the throughput on the runs so far; when the rest (at the grid's tuned epochs once
+        known) would overrun the budget, drop the lowest-priority interventions, then grid cells (each named
+        in the report with the reason). Returns the grid cells still to run."""
         nonlocal active
         factor = slowdown(rows, design)
         left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - clock_started)
-        names, cells = to_drop(design, active, base, from_stage, factor, left, cells_left)
+        names, cells = to_drop(design, active, base, from_stage, factor, left, cells_left, tuned_epochs)
         why = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× their calibrated "
                "time, and the rest would not have fit")
         for name in names:
@@ -168,9 +169,12 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         cells = grid_cells(design.sizes, design.budgets, design.full_sizes)
         while cells:
             train(study, [("grid", c) for c in grid_configs(base, design, cells[:1])])
-            cells = keep_the_budget(from_stage=1, cells_left=cells[1:])
+            cells = keep_the_budget(from_stage=1, cells_left=cells[1:]) if len(cells) > 1 else []
         small = design.sizes[0]
         tuned = {d: tuned_config(rows, configs, small, d) for d in design.budgets}
+        # The design budgeted the runs after the grid at the middle epochs; re-plan with the ones it chose.
+        tuned_epochs = {d: c.train.epochs for d, c in tuned.items() if c is not None}
+        keep_the_budget(from_stage=1, tuned_epochs=tuned_epochs)
         second: list[tuple[str, RunConfig]] = []
         # Interventions run at a seed no reference run used: the grid's run at the tuned setting won a selection
         # (its noise is biased low), and a shared seed would carry that luck into the intervention.
@@ -191,7 +195,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         if second:
             console.print(f"[bold]interventions[/bold]: {len(second)} runs")
         train(study, second)
-        keep_the_budget(from_stage=2)
+        keep_the_budget(from_stage=2, tuned_epochs=tuned_epochs)
         ensembles = []
         for d in sorted(wants_members):
             if tuned[d] is None:
