@@ -111,6 +111,60 @@ def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions_then_
     assert 3.0 * predicted(names, [c for c in left if c not in gone[:-1]]) > seconds  # the fewest
 
 
+def test_runs_after_the_grid_are_planned_at_the_middle_epochs_and_re_planned_at_the_tuned_ones(tmp_path):
+    """Before the grid the interventions, seeds and students are budgeted at the middle of the grid's epochs;
+    once the grid has chosen its epochs the re-plan uses them, so a study whose grid chose the largest
+    epochs drops what no longer fits, and one that chose the middle ones drops nothing."""
+    from scarce.studies.study.design import level_of, planned_runs, planning_epochs, predict_seconds, to_drop
+
+    base = S.base_config("kjv", tmp_path, [])
+    active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
+    design = S.design_study(_inputs(4.0), base, SECONDS_PER_TOKEN, 2, active)
+    level = level_of(design)
+    middle, most = planning_epochs(level), max(design.epochs)
+    assert middle == sorted(design.epochs)[1] < most
+    at = {e: planned_runs(level, design.budgets, active, base, tuned_epochs=dict.fromkeys(design.budgets, e))
+          for e in (middle, most)}
+    assert planned_runs(level, design.budgets, active, base) == at[middle]
+    assert at[most][0] == at[middle][0]  # the grid does not depend on them
+    members = [t for _, t in at[most][1]][-1], [t for _, t in at[middle][1]][-1]
+    assert members[0] - members[1] == pytest.approx(max(design.budgets) * (most - middle))
+    rest = predict_seconds(at[middle][1:], SECONDS_PER_TOKEN, 2)
+    assert predict_seconds(at[most][1:], SECONDS_PER_TOKEN, 2) > 1.5 * rest
+    assert to_drop(design, active, base, 1, 1.0, rest * 1.01, tuned_epochs=dict.fromkeys(design.budgets, middle)) \
+        == ([], [])
+    dropped, cells = to_drop(design, active, base, 1, 1.0, rest * 1.01, tuned_epochs=dict.fromkeys(design.budgets, most))
+    assert dropped[:1] == ["distill"] and cells == []
+
+
+def test_sampling_is_timed_here_and_predicted_per_draw(tmp_path):
+    """The design times the teachers' sampling (calibrate_sampling) instead of assuming a ratio to training;
+    the sampling stage is that time per draw × (the pool + a batch of whole contexts that finish past it)."""
+    from scarce.studies.study.design import (
+        SAMPLING_BATCH,
+        calibrate_sampling,
+        level_of,
+        planned_runs,
+        planning_epochs,
+        sampling_slowdown,
+        synthetic_tokens,
+    )
+
+    base = S.base_config("kjv", tmp_path, RECIPE)
+    seconds_per_draw = calibrate_sampling(base, "micro", 2, threads=1)
+    assert 0 < seconds_per_draw < 1
+    active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
+    cheap = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active, 1e-6)
+    dear = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active, 1e-2)
+    assert cheap.sampling_seconds_per_draw == 1e-6 and max(dear.budgets) < max(cheap.budgets)
+    level = level_of(cheap)
+    slower = sampling_slowdown(SECONDS_PER_TOKEN, "micro", 1e-6)
+    sampling = planned_runs(level, cheap.budgets, active, base, sampling_slowdown=slower)[3]
+    distilled = next(i for i in active if i.name == "distill").where(cheap.budgets)
+    draws = [synthetic_tokens(d, planning_epochs(level)) + SAMPLING_BATCH * base.model.seq_len for d in distilled]
+    assert [t * SECONDS_PER_TOKEN["micro"] for _, t in sampling] == pytest.approx([1e-6 * n for n in draws])
+
+
 def test_budget_too_small_for_one_run_and_corpus_too_small_are_errors(tmp_path):
     base = S.base_config("kjv", tmp_path, [])
     with pytest.raises(ScarceError, match="--budget-hours 1e-05 is too small for even one run"):
