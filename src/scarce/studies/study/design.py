@@ -37,6 +37,17 @@ RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, fin
 # Of the budget kept for fitting and the report (scoring, sampling and students are predicted stages):
 # the one-hour studies of docs/studies spent 2.0 and 3.6 minutes there.
 ANALYSIS_FRACTION = 0.1
+# While running, the study drops work only when the rest would end more than OVERRUN_TOLERANCE past the
+# budget, less the fitting and report (58 s in the longer KJV study of docs/studies): the design's 10%
+# margin absorbs an ordinary slowdown, such as two workers sharing a memory bus (1.1× in the 2-hour KJV
+# study; with no tolerance that dropped three interventions and two grid cells 16 minutes in).
+ANALYSIS_SECONDS = 120.0
+OVERRUN_TOLERANCE = 0.05
+
+
+def seconds_for_runs(hours: float) -> float:
+    """Seconds of the budget the runs may take while the study runs (the design plans for 90%)."""
+    return hours * 3600 * (1 + OVERRUN_TOLERANCE) - min(ANALYSIS_FRACTION * hours * 3600, ANALYSIS_SECONDS)
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
 # Sampling's cost per draw over a training token's, used only for designs saved before sampling was timed
 # (`calibrate_sampling`; measured 2.8× for four KV-cached micro teachers on this repo's 2-core CPU).

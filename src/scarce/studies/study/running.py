@@ -19,10 +19,10 @@ from scarce.config import RunConfig
 from scarce.errors import ScarceError
 from scarce.executors import Executor
 from scarce.studies.study.design import (
-    ANALYSIS_FRACTION,
     STUDY_NAME,
     Design,
     grid_cells,
+    seconds_for_runs,
     slowdown,
     synthetic_tokens,
     to_drop,
@@ -135,7 +135,7 @@ def run_study(base: RunConfig, design: Design, interventions: Sequence[Intervent
         in the report with the reason). Returns the grid cells still to run."""
         nonlocal active
         factor = slowdown(rows, design)
-        left = design.hours * 3600 * (1 - ANALYSIS_FRACTION) - (time.perf_counter() - clock_started)
+        left = seconds_for_runs(design.hours) - (time.perf_counter() - clock_started)
         names, cells = to_drop(design, active, base, from_stage, factor, left, cells_left, tuned_epochs)
         why = (f"dropped to keep the {design.hours:g} h budget: the runs so far took {factor:.2g}× their calibrated "
                "time, and the rest would not have fit")
