@@ -111,6 +111,21 @@ def test_a_study_behind_its_budget_drops_its_lowest_priority_interventions_then_
     assert 3.0 * predicted(names, [c for c in left if c not in gone[:-1]]) > seconds  # the fewest
 
 
+def test_an_ordinary_slowdown_drops_nothing_and_a_large_one_still_drops(tmp_path):
+    """The design fills 90% of the budget; running 1.1× slower than calibrated (two workers sharing a memory
+    bus) still ends within 5% of the budget, so nothing is dropped; 1.3× would end far past it."""
+    from scarce.studies.study.design import grid_cells, seconds_for_runs, to_drop
+
+    base = S.base_config("kjv", tmp_path, [])
+    active = [i for i in S.INTERVENTIONS if i.requires(base) is None]
+    design = S.design_study(_inputs(2.0), base, SECONDS_PER_TOKEN, 2, active)
+    assert design.predicted_seconds > 0.85 * 2 * 3600  # filled, so only the tolerance can absorb a slowdown
+    cells = grid_cells(design.sizes, design.budgets, design.full_sizes)  # before the grid: all of it is left
+    assert to_drop(design, active, base, 1, 1.1, seconds_for_runs(2.0), cells) == ([], [])
+    assert to_drop(design, active, base, 1, 1.3, seconds_for_runs(2.0), cells)[0][:1] == ["distill"]
+    assert seconds_for_runs(2.0) <= 2.0 * 3600 * 1.05
+
+
 def test_runs_after_the_grid_are_planned_at_the_middle_epochs_and_re_planned_at_the_tuned_ones(tmp_path):
     """Before the grid the interventions, seeds and students are budgeted at the middle of the grid's epochs;
     once the grid has chosen its epochs the re-plan uses them, so a study whose grid chose the largest
