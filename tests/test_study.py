@@ -158,10 +158,10 @@ def test_sampling_is_timed_here_and_predicted_per_draw(tmp_path):
     from scarce.studies.study.design import (
         SAMPLING_BATCH,
         calibrate_sampling,
+        draw_cost,
         level_of,
         planned_runs,
         planning_epochs,
-        sampling_slowdown,
         synthetic_tokens,
     )
 
@@ -173,8 +173,8 @@ def test_sampling_is_timed_here_and_predicted_per_draw(tmp_path):
     dear = S.design_study(_inputs(1.0), base, SECONDS_PER_TOKEN, 2, active, 1e-2)
     assert cheap.sampling_seconds_per_draw == 1e-6 and max(dear.budgets) < max(cheap.budgets)
     level = level_of(cheap)
-    slower = sampling_slowdown(SECONDS_PER_TOKEN, "micro", 1e-6)
-    sampling = planned_runs(level, cheap.budgets, active, base, sampling_slowdown=slower)[3]
+    per_draw = draw_cost(SECONDS_PER_TOKEN, "micro", 1e-6)
+    sampling = planned_runs(level, cheap.budgets, active, base, tokens_per_draw=per_draw)[3]
     distilled = next(i for i in active if i.name == "distill").where(cheap.budgets)
     draws = [synthetic_tokens(d, planning_epochs(level)) + SAMPLING_BATCH * base.model.seq_len for d in distilled]
     assert [t * SECONDS_PER_TOKEN["micro"] for _, t in sampling] == pytest.approx([1e-6 * n for n in draws])

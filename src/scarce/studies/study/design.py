@@ -43,15 +43,10 @@ ANALYSIS_FRACTION = 0.1
 # study; with no tolerance that dropped three interventions and two grid cells 16 minutes in).
 ANALYSIS_SECONDS = 120.0
 OVERRUN_TOLERANCE = 0.05
-
-
-def seconds_for_runs(hours: float) -> float:
-    """Seconds of the budget the runs may take while the study runs (the design plans for 90%)."""
-    return hours * 3600 * (1 + OVERRUN_TOLERANCE) - min(ANALYSIS_FRACTION * hours * 3600, ANALYSIS_SECONDS)
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
-# Sampling's cost per draw over a training token's, used only for designs saved before sampling was timed
-# (`calibrate_sampling`; measured 2.8× for four KV-cached micro teachers on this repo's 2-core CPU).
-SAMPLING_SLOWDOWN = 3.0
+# A draw's cost over a training token's, used only for designs saved before sampling was timed
+# (`calibrate_sampling`: 2.2× for four KV-cached micro teachers in docs/studies/kjv-long2/design.json).
+TOKENS_PER_DRAW = 3.0
 SAMPLING_BATCH = 64  # sample_synthetic's rows in flight: up to this many documents × context finish past the pool
 DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
 
@@ -234,8 +229,8 @@ def _time_steps(shape, base: RunConfig, device, steps: int) -> float:
 def calibrate_sampling(base: RunConfig, size: str, members: int, threads: int | None = None) -> float:
     """Seconds per draw of `members` freshly initialized models of `size` sampling together as distillation's
     teachers do (scarce.train.sample: KV-cached, SAMPLING_BATCH rows), timed here over one batch of whole
-    contexts (about a second on a CPU). A constant ratio to training (20× per teacher) had overpredicted a
-    study's sampling 10×."""
+    contexts (about two seconds on a CPU). A constant ratio to training (20× per teacher) had overpredicted
+    a study's sampling about 20×."""
     import torch
 
     from scarce.model import Transformer, model_shape
@@ -277,10 +272,10 @@ def planning_epochs(level: Level) -> int:
 def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[Intervention],
                  base: RunConfig, cells: Sequence[tuple[str, int]] | None = None,
                  tuned_epochs: Mapping[int, float] | None = None,
-                 sampling_slowdown: float = SAMPLING_SLOWDOWN) -> list[list[tuple[str, float]]]:
+                 tokens_per_draw: float = TOKENS_PER_DRAW) -> list[list[tuple[str, float]]]:
     """What a design will compute, stage by stage, as (size, training-token equivalents): the grid (its
     `cells`, default all); the single-run interventions and ensemble members; the teachers' sampling (in the
-    driver, one at a time; `sampling_slowdown` is a draw of all teachers over a training token); the
+    driver, one at a time; `tokens_per_draw`: a draw of all teachers in training tokens); the
     distillation students. The runs after the grid are budgeted at each budget's `tuned_epochs` once the
     grid has chosen them, before at `planning_epochs`; the evaluation as a third of a training step per
     evaluated token."""
@@ -296,7 +291,7 @@ def planned_runs(level: Level, budgets: Sequence[int], interventions: Sequence[I
     scoring = [(small, level.members * evaluation) for _ in ensembles]
     distilled = [d for i in interventions if i.measure == "distill" for d in i.where(budgets)]
     # documents in flight finish past the pool: up to a batch of whole contexts more draws
-    sampling = [(small, sampling_slowdown * (synthetic_tokens(d, epochs[d]) + SAMPLING_BATCH * base.model.seq_len))
+    sampling = [(small, tokens_per_draw * (synthetic_tokens(d, epochs[d]) + SAMPLING_BATCH * base.model.seq_len))
                 for d in distilled]
     students = [(small, d * epochs[d] / (1 - DISTILL_WEIGHT) + evaluation) for d in distilled]
     return [grid, after, scoring, sampling, students]
@@ -323,9 +318,9 @@ def predict_seconds(stages: Sequence[Sequence[tuple[str, float]]], seconds_per_t
     return total
 
 
-def sampling_slowdown(seconds_per_token: Mapping[str, float], size: str, seconds_per_draw: float | None) -> float:
-    """A draw of the teachers sampling together over a training token of `size`, as calibrated."""
-    return seconds_per_draw / seconds_per_token[size] if seconds_per_draw else SAMPLING_SLOWDOWN
+def draw_cost(seconds_per_token: Mapping[str, float], size: str, seconds_per_draw: float | None) -> float:
+    """A draw of the teachers sampling together, in training tokens of `size`, as calibrated."""
+    return seconds_per_draw / seconds_per_token[size] if seconds_per_draw else TOKENS_PER_DRAW
 
 
 def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, float], workers: int,
@@ -344,11 +339,11 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
             continue
         for dropped in drops:
             active = [i for i in everything if i.name not in dropped]
-            slower = sampling_slowdown(seconds_per_token, level.sizes[0], sampling_seconds_per_draw)
+            per_draw = draw_cost(seconds_per_token, level.sizes[0], sampling_seconds_per_draw)
 
             def fits(steps: int) -> bool:
                 budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (called in this iteration)
-                stages = planned_runs(level, budgets, active, base, sampling_slowdown=slower)  # noqa: B023
+                stages = planned_runs(level, budgets, active, base, tokens_per_draw=per_draw)  # noqa: B023
                 return predict_seconds(stages, seconds_per_token, workers) <= seconds
 
             cap = inputs.unique_tokens // step
@@ -361,12 +356,12 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
             if lo >= level.min_steps:
                 budgets = nested_budgets(lo * step, level.budgets, step)
-                predicted = predict_seconds(planned_runs(level, budgets, active, base, sampling_slowdown=slower),
+                predicted = predict_seconds(planned_runs(level, budgets, active, base, tokens_per_draw=per_draw),
                                             seconds_per_token, workers)
                 return Design(level.name, list(level.sizes), budgets, list(level.epochs), list(level.weight_decays),
                               level.members, workers, dict(seconds_per_token), predicted, inputs.hours,
                               level.full_sizes, *_hours_to_identify(level, lo, step, everything, base,
-                                                                    seconds_per_token, workers, slower),
+                                                                    seconds_per_token, workers, per_draw),
                               dropped, sampling_seconds_per_draw)
     active = [i for i in everything if i.name not in DROP_ORDER]
     # Nothing fits: the smallest design at its smallest budget, if one run of it fits the time at all.
@@ -376,8 +371,8 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
                           f"budget ({smallest.min_steps * step:,} tokens = {smallest.min_steps} steps of "
                           f"{step:,}); give more --unique-tokens or a larger corpus")
     budgets = nested_budgets(smallest.min_steps * step, smallest.budgets, step)
-    slower = sampling_slowdown(seconds_per_token, smallest.sizes[0], sampling_seconds_per_draw)
-    stages = planned_runs(smallest, budgets, active, base, sampling_slowdown=slower)
+    per_draw = draw_cost(seconds_per_token, smallest.sizes[0], sampling_seconds_per_draw)
+    stages = planned_runs(smallest, budgets, active, base, tokens_per_draw=per_draw)
     one_run = predict_seconds([stages[0][:1]], seconds_per_token, 1)
     if one_run > inputs.hours * 3600:
         raise ScarceError(f"--budget-hours {inputs.hours:g} is too small for even one run on this machine (predicted "
@@ -386,11 +381,11 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     return Design(smallest.name, list(smallest.sizes), budgets, list(smallest.epochs), list(smallest.weight_decays),
                   smallest.members, workers, dict(seconds_per_token), predicted, inputs.hours, smallest.full_sizes,
                   *_hours_to_identify(smallest, smallest.min_steps, step, everything, base, seconds_per_token, workers,
-                                      slower), [n for n in DROP_ORDER if n in names], sampling_seconds_per_draw)
+                                      per_draw), [n for n in DROP_ORDER if n in names], sampling_seconds_per_draw)
 
 
 def _hours_to_identify(level: Level, steps: int, step: int, interventions: Sequence[Intervention], base: RunConfig,
-                       seconds_per_token: dict[str, float], workers: int, slower: float
+                       seconds_per_token: dict[str, float], workers: int, per_draw: float
                        ) -> tuple[float | None, float | None]:
     """The --budget-hours at which this machine's calibrated throughput runs (a) the first level that can
     identify the N term, at its smallest budget (when `level` cannot), and (b) an N-identifying level with
@@ -400,7 +395,7 @@ def _hours_to_identify(level: Level, steps: int, step: int, interventions: Seque
         if not all(size in seconds_per_token for size in lv.sizes):
             return None
         budgets = nested_budgets(largest_steps * step, lv.budgets, step)
-        stages = planned_runs(lv, budgets, interventions, base, sampling_slowdown=slower)
+        stages = planned_runs(lv, budgets, interventions, base, tokens_per_draw=per_draw)
         seconds = predict_seconds(stages, seconds_per_token, workers)
         return math.ceil(seconds / (1 - ANALYSIS_FRACTION) / 3600 * 100) / 100
 
@@ -417,6 +412,11 @@ def level_of(design: Design) -> Level:
                  tuple(design.weight_decays), design.members, 0, design.full_sizes)
 
 
+def seconds_for_runs(hours: float) -> float:
+    """Seconds of the budget the runs may take while the study runs (the design plans for 90%)."""
+    return hours * 3600 * (1 + OVERRUN_TOLERANCE) - min(ANALYSIS_FRACTION * hours * 3600, ANALYSIS_SECONDS)
+
+
 def slowdown(rows: Sequence, design: Design) -> float:
     """Measured over predicted seconds of finished runs (their own wall time, so reused runs count as they
     ran): how much slower this machine is now than when it was calibrated."""
@@ -431,18 +431,18 @@ def to_drop(design: Design, interventions: Sequence[Intervention], base: RunConf
             tuned_epochs: Mapping[int, float] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
     """What to drop so that the rest (the grid's `cells_left`, then the stages after the grid, from
     `from_stage` on, at the grid's `tuned_epochs` once known), predicted at `factor` × the calibrated
-    time, fits `seconds_left`: the fewest
-    lowest-priority interventions (DROP_ORDER), then grid cells from the end of `cells_left` (never the
-    first size's). Returns (interventions, cells); when even everything droppable does not fit, all of it."""
+    time, fits `seconds_left`: the fewest lowest-priority interventions (DROP_ORDER), then grid cells from
+    the end of `cells_left` (never the first size's). Returns (interventions, cells); when even everything
+    droppable does not fit, all of it."""
     level = level_of(design)
     names = [n for n in DROP_ORDER if n in {i.name for i in interventions}]
     cells = [c for c in cells_left if c[0] != design.sizes[0]][::-1]  # the first size's are never dropped
-    slower = sampling_slowdown(design.seconds_per_token, design.sizes[0], design.sampling_seconds_per_draw)
+    per_draw = draw_cost(design.seconds_per_token, design.sizes[0], design.sampling_seconds_per_draw)
     for k in range(len(names) + len(cells) + 1):
         dropped, dropped_cells = names[:k], cells[:max(0, k - len(names))]
         keep = [i for i in interventions if i.name not in dropped]
         stages = planned_runs(level, design.budgets, keep, base, [c for c in cells_left if c not in dropped_cells],
-                              tuned_epochs, slower)
+                              tuned_epochs, per_draw)
         if predict_seconds([stages[0], *stages[from_stage:]], design.seconds_per_token, design.workers) * factor \
                 <= seconds_left:
             break
