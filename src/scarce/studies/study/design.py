@@ -45,7 +45,7 @@ ANALYSIS_SECONDS = 120.0
 OVERRUN_TOLERANCE = 0.05
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
 # A draw's cost over a training token's, used only for designs saved before sampling was timed
-# (`calibrate_sampling`: 2.2× for four KV-cached micro teachers in docs/studies/kjv-long2/design.json).
+# (`calibrate_sampling`: 2.3× for four KV-cached micro teachers in docs/studies/kjv-long2/design.json).
 TOKENS_PER_DRAW = 3.0
 SAMPLING_BATCH = 64  # sample_synthetic's rows in flight: up to this many documents × context finish past the pool
 DROP_ORDER = ("distill", "procedural", "mir")  # lowest priority first; the grid and the seeds are never dropped
