@@ -114,7 +114,7 @@ def main():
         "predicted_interval_with_seed_noise": [float(low) - seed_half, float(high) + seed_half],
         "pooled_seed_sd": sd, "measured_losses": losses, "measured_mean": measured,
         "measured_minus_predicted": measured - predicted,
-        "inside_interval_with_seed_noise": low - seed_half <= measured <= high + seed_half,
+        "inside_interval_with_seed_noise": bool(low - seed_half <= measured <= high + seed_half),
         "run_ids": [s["run_id"] for s in summaries], "wall_seconds": [s.get("wall_seconds") for s in summaries],
         "seconds": time.perf_counter() - started,
         "largest_study_run": {"unique_tokens": max(r.unique_tokens for r in rows if r.loss is not None),
