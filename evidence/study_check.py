@@ -32,7 +32,7 @@ from scarce.laws.derived import bootstrap_draws
 from scarce.model import model_shape
 from scarce.studies.study import Design, Inputs, base_config
 from scarce.studies.study.design import RUN_OVERHEAD_SECONDS, step_tokens
-from scarce.studies.study.extrapolation import compare_forms, fit_laws
+from scarce.studies.study.extrapolation import _with_params, compare_forms, fit_laws
 from scarce.studies.study.running import Row
 from scarce.studies.sweep import Study, point_config
 
@@ -43,9 +43,10 @@ def check_point(law, inputs: Inputs, design: Design, base, minutes: float) -> di
     step = step_tokens(base)
     params = {s: model_shape(s, vocab_size=base.data.vocab_size, seq_len=base.model.seq_len).non_embedding_params()
               for s in design.seconds_per_token}
+    point_law = _with_params(law, law.params_)  # the fitted point only: no bootstrap plans in the search
     best = None
     for flops in np.geomspace(1e11, 1e17, 121):
-        found = plan(law, float(flops), unique_tokens=inputs.unique_tokens)
+        found = plan(point_law, float(flops), unique_tokens=inputs.unique_tokens)
         n = found["params"].value
         size = min(params, key=lambda s: abs(math.log(params[s] / n)))
         tokens = flops / (6 * params[size])

@@ -337,9 +337,9 @@ def design_study(inputs: Inputs, base: RunConfig, seconds_per_token: dict[str, f
     for level in LEVELS:
         if not all(size in seconds_per_token for size in level.sizes):
             continue
+        per_draw = draw_cost(seconds_per_token, level.sizes[0], sampling_seconds_per_draw)
         for dropped in drops:
             active = [i for i in everything if i.name not in dropped]
-            per_draw = draw_cost(seconds_per_token, level.sizes[0], sampling_seconds_per_draw)
 
             def fits(steps: int) -> bool:
                 budgets = nested_budgets(steps * step, level.budgets, step)  # noqa: B023 (called in this iteration)
