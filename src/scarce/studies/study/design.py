@@ -39,8 +39,8 @@ RUN_OVERHEAD_SECONDS = 6.0  # per run: worker start, store and model set-up, fin
 ANALYSIS_FRACTION = 0.1
 # While running, the study drops work only when the rest would end more than OVERRUN_TOLERANCE past the
 # budget, less the fitting and report (58 s in the longer KJV study of docs/studies): the design's 10%
-# margin absorbs an ordinary slowdown, such as two workers sharing a memory bus (1.1× in the 2-hour KJV
-# study; with no tolerance that dropped three interventions and two grid cells 16 minutes in).
+# margin absorbs an ordinary slowdown, such as two workers sharing a memory bus (with no tolerance, a
+# first attempt at the 2-hour KJV study dropped three interventions and two grid cells 16 minutes in).
 ANALYSIS_SECONDS = 120.0
 OVERRUN_TOLERANCE = 0.05
 MIR_COST = 2.0  # MIR's step ≈ two passes (docs/training.md); measured FLOPs replace it once runs exist
